@@ -1,0 +1,53 @@
+# Every target bootstraps what it needs: a fresh machine with Python 3.11 and
+# Java 17 needs nothing else.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Re-install when the dependency list changes.
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+HOST ?= 127.0.0.1
+PORT ?= 3000
+PYTEST_ARGS ?=
+OBJECTS ?=
+MODES ?=
+
+.PHONY: dev test test-fast test-slow emulator bench check-java install clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { echo "error: Java not found - local Spark needs a Java 17 runtime on PATH (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
+
+# dagster dev reads ./dagster.yaml (run queue limits) and keeps its state in a
+# temporary .tmp_dagster_home_* folder here.
+dev: $(STAMP) check-java
+	$(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
+
+test: $(STAMP) check-java
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) check-java
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) check-java
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# A local Databricks workspace emulator on 127.0.0.1 (prints host and token).
+emulator: $(STAMP) check-java
+	$(PY) -m fanout_dagster.devtools.databricks_emulator
+
+bench: $(STAMP) check-java
+	$(PY) -m bench $(if $(OBJECTS),--objects $(OBJECTS)) $(if $(MODES),--modes $(MODES))
+
+clean:
+	rm -rf .tmp_dagster_home_* warehouse spark-warehouse metastore_db .emulator

@@ -1,0 +1,172 @@
+"""The `bronze` asset: one partition per object, one run per object or per pack.
+
+A run gets one partition (one object) or a contiguous range of partitions (a
+pack, from a backfill with `BackfillPolicy.multi_run(k)`). The step loads its
+objects with a bounded thread pool over one SparkSession and reports each
+object on its own:
+
+- a loaded object gets its own AssetMaterialization (rows, schema, table...);
+- a failed object gets an AssetObservation carrying its error, and the step
+  fails at the end, after every other object has been loaded.
+
+Dagster marks the partitions of a failed run that have no materialization as
+failed, so each partition ends up showing its own truth, and a backfill
+re-executed "from failure" targets only the failed objects. (Stock Dagster has
+no per-partition failure for multi-partition runs: dagster-io/dagster#17836.)
+
+The asset never asks where it runs: the SparkSession, the warehouse format and
+the step launcher (Databricks or none) are resources chosen in definitions.py.
+"""
+
+
+from dagster import (
+    AssetExecutionContext,
+    AssetMaterialization,
+    AssetObservation,
+    AssetsDefinition,
+    BackfillPolicy,
+    Failure,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+    asset,
+)
+
+from fanout_dagster.ingest import LoadResult, ingest_object
+from fanout_dagster.objects import ObjectConfig
+from fanout_dagster.packing import Outcome, run_pack
+from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME, objects_partitions
+from fanout_dagster.placement import OBJECTS_TAG
+from fanout_dagster.resources.catalog import ObjectCatalog
+from fanout_dagster.resources.spark import SparkResource
+from fanout_dagster.resources.warehouse import BronzeWarehouse
+
+
+def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) -> AssetsDefinition:
+    """The bronze asset with its packing policy.
+
+    objects_per_run: how many objects a backfill puts in one run (1 = a run per object).
+    threads_per_run: how many objects of a pack load at once on the run's SparkSession.
+    """
+
+    @asset(
+        name="bronze",
+        partitions_def=objects_partitions,
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=objects_per_run),
+        # pyspark_step_launcher: None locally; the Databricks step launcher on
+        # the databricks target, which runs this whole body remotely.
+        required_resource_keys={"spark", "warehouse", "catalog", "pyspark_step_launcher"},
+        # Materializations are logged per object, not as one output for the pack.
+        output_required=False,
+        group_name="bronze",
+        kinds={"spark"},
+        description="Raw copy of each configured object, with audit columns.",
+    )
+    def bronze(context: AssetExecutionContext):
+        spark: SparkResource = context.resources.spark
+        warehouse: BronzeWarehouse = context.resources.warehouse
+        catalog: ObjectCatalog = context.resources.catalog
+        keys = _pack_keys(context)
+        objects, missing = catalog.lookup(keys)
+        failures: dict[str, str] = {
+            key: "no valid config for this object: its config was removed, or is invalid "
+            "(the object sensor's tick names the file and field)"
+            for key in missing
+        }
+        for key, message in failures.items():
+            yield _failure_event(context, key, message)
+
+        session = spark.get_session()
+        writer = warehouse.writer(session)
+        run_id = context.run.run_id
+
+        def load(obj: ObjectConfig) -> LoadResult:
+            # The job description names the object in Spark's own logs and UI.
+            session.sparkContext.setJobDescription(f"bronze {obj.key}")
+            return ingest_object(
+                session, obj, data_root=catalog.data_root_path, writer=writer, run_id=run_id
+            )
+
+        context.log.info(
+            f"Loading {len(objects)} object(s) with up to {threads_per_run} thread(s): "
+            + ", ".join(obj.key for obj in objects)
+        )
+        for outcome in run_pack(objects, load, threads_per_run):
+            # Events are yielded as each object finishes, so the UI shows
+            # progress object by object while the rest of the pack runs.
+            if outcome.ok:
+                context.log.info(f"{outcome.item.key}: {outcome.result.rows} rows -> {outcome.result.table}")
+                yield _materialization(context, outcome)
+            else:
+                message = f"{type(outcome.error).__name__}: {outcome.error}"
+                failures[outcome.item.key] = message
+                context.log.error(f"{outcome.item.key} failed: {message}\n{outcome.traceback}")
+                yield _failure_event(context, outcome.item.key, message, outcome)
+
+        if failures:
+            loaded = len(keys) - len(failures)
+            raise Failure(
+                description=(
+                    f"{len(failures)} of {len(keys)} object(s) failed ({loaded} loaded): "
+                    + "; ".join(f"{key}: {msg}" for key, msg in sorted(failures.items()))
+                ),
+                metadata={"failed_objects": MetadataValue.json(failures)},
+            )
+
+    return bronze
+
+
+def _pack_keys(context: AssetExecutionContext) -> list[str]:
+    """The objects of this run.
+
+    Runs submitted through the project's run coordinator carry their keys in a
+    tag. On a remote Databricks step the instance is an empty stand-in without
+    the `objects` partitions, so the keys are registered there before Dagster
+    is asked about them (Dagster itself only does this for single-partition
+    steps); on the real instance this is a no-op.
+    """
+    tagged = context.run.tags.get(OBJECTS_TAG)
+    if tagged:
+        keys = tagged.split(",")
+        context.instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, keys)
+        return keys
+    if context.has_partition_key_range:
+        return list(context.partition_keys)
+    return [context.partition_key]
+
+
+def _materialization(
+    context: AssetExecutionContext, outcome: Outcome[ObjectConfig, LoadResult]
+) -> AssetMaterialization:
+    obj, result = outcome.item, outcome.result
+    assert result is not None
+    return AssetMaterialization(
+            asset_key=context.asset_key,
+            partition=obj.key,
+            metadata={
+                "dagster/row_count": MetadataValue.int(result.rows),
+                "dagster/column_schema": TableSchema(
+                    columns=[TableColumn(name, type_) for name, type_ in result.columns]
+                ),
+                "dagster/table_name": MetadataValue.text(result.table),
+                "location": MetadataValue.path(result.location),
+                "write_mode": MetadataValue.text(obj.target.mode),
+                "load_id": MetadataValue.text(result.load_id),
+                "source_files": MetadataValue.int(result.source_files),
+                "cluster": MetadataValue.text(obj.cluster),
+                "config_file": MetadataValue.text(obj.config_file),
+                "config_hash": MetadataValue.text(obj.config_hash),
+                "duration_s": MetadataValue.float(round(outcome.finished - outcome.started, 3)),
+            },
+        )
+
+
+def _failure_event(
+    context: AssetExecutionContext, key: str, message: str, outcome: Outcome | None = None
+) -> AssetObservation:
+    """Recorded on the failed object's partition, so its error shows next to it in the UI."""
+    metadata = {"status": MetadataValue.text("failed"), "error": MetadataValue.text(message)}
+    if outcome is not None:
+        metadata["duration_s"] = MetadataValue.float(round(outcome.finished - outcome.started, 3))
+        metadata["traceback"] = MetadataValue.md(f"```\n{outcome.traceback}\n```")
+    return AssetObservation(asset_key=context.asset_key, partition=key, metadata=metadata)

@@ -1,0 +1,62 @@
+"""Work through a pack of objects with a bounded thread pool over one SparkSession.
+
+This is the posts' "threads in one Spark application" method, the cheapest way
+to run many small loads: Spark start-up is paid once per pack, and the driver
+runs at most `max_threads` loads at a time. Plain Python, no Dagster: the
+benchmark's floor mode uses it too.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T, R]):
+    item: T
+    result: R | None
+    error: BaseException | None
+    traceback: str
+    started: float  # time.time() when the item began
+    finished: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_pack(
+    items: Sequence[T], work: Callable[[T], R], max_threads: int
+) -> Iterator[Outcome[T, R]]:
+    """Run `work` over `items`, at most `max_threads` at once; yield each outcome as it ends.
+
+    An item that raises does not stop the others: its exception is captured in
+    its Outcome. Yielding as items finish lets the caller report each object
+    while the rest of the pack is still running.
+    """
+    if not items:
+        return
+    threads = max(1, min(max_threads, len(items)))
+
+    def timed(item: T) -> Outcome[T, R]:
+        started = time.time()
+        try:
+            result = work(item)
+            return Outcome(item, result, None, "", started, time.time())
+        except Exception as exc:  # isolate the object; the caller decides what fails
+            return Outcome(item, None, exc, traceback.format_exc(), started, time.time())
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pack") as pool:
+        pending: set[Future] = {pool.submit(timed, item) for item in items}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()

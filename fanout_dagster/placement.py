@@ -1,0 +1,56 @@
+"""Which cluster each object runs on, and the run tags that follow from it.
+
+The sensor records each object's `cluster` in the Dagster instance's key-value
+store; the run coordinator reads it back to tag runs it did not create itself
+(UI backfills, manual launches). Keeping the mapping in the instance means the
+coordinator needs no access to the configs folder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from fanout_dagster.objects import DEFAULT_CLUSTER
+
+# Run tags. The run queue limits runs per value of CLUSTER_TAG (dagster.yaml).
+CLUSTER_TAG = "fanout/cluster"
+# Every cluster a packed run touches, when it is more than one.
+CLUSTERS_TAG = "fanout/clusters"
+# The pack's partition keys, comma-separated (keys never contain commas).
+# The remote side of a Databricks step reads them: Dagster ships no dynamic
+# partitions to the remote step for ranged runs.
+OBJECTS_TAG = "fanout/objects"
+
+_KV_PREFIX = "fanout_dagster/cluster/"
+
+
+def record_clusters(instance, clusters_by_key: Mapping[str, str]) -> None:
+    if clusters_by_key:
+        instance.run_storage.set_cursor_values(
+            {_KV_PREFIX + key: cluster for key, cluster in clusters_by_key.items()}
+        )
+
+
+def recorded_clusters(instance, keys: Iterable[str]) -> dict[str, str]:
+    """Cluster per key; objects the sensor never saw run on the default cluster."""
+    keys = list(keys)
+    stored = instance.run_storage.get_cursor_values({_KV_PREFIX + key for key in keys})
+    return {key: stored.get(_KV_PREFIX + key, DEFAULT_CLUSTER) for key in keys}
+
+
+def cluster_tags(clusters_by_key: Mapping[str, str]) -> dict[str, str]:
+    """Run tags for a run over these objects.
+
+    A pack is meant to sit on one cluster. If it spans several, it runs on the
+    cluster most of its objects name (ties: alphabetical), counts against that
+    cluster's limit, and lists all of them in CLUSTERS_TAG.
+    """
+    counts = Counter(clusters_by_key.values())
+    if not counts:
+        return {CLUSTER_TAG: DEFAULT_CLUSTER}
+    primary = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[0][0]
+    tags = {CLUSTER_TAG: primary}
+    if len(counts) > 1:
+        tags[CLUSTERS_TAG] = "+".join(sorted(counts))
+    return tags

@@ -1,0 +1,71 @@
+"""The run queue, with every bronze run tagged by the cluster it runs on.
+
+Dagster's QueuedRunCoordinator enforces `concurrency: runs:` from dagster.yaml,
+including per-tag limits. Runs the sensor creates carry the cluster tag
+already; runs a UI backfill creates do not (Dagster gives asset backfill runs
+only partition tags). This subclass adds, at submit time and before the run is
+queued:
+
+- `fanout/cluster`: the cluster the run's objects are placed on (placement.py),
+  so the per-cluster limit applies to every bronze run, however launched;
+- `fanout/objects`: the run's partition keys, which the remote side of a
+  Databricks step needs (see assets/bronze.py).
+
+Configured in dagster.yaml under `run_coordinator:`.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetKey
+from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+
+from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, cluster_tags, recorded_clusters
+
+BRONZE_KEY = AssetKey("bronze")
+
+
+class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        run = context.dagster_run
+        tags = self.placement_tags(run)
+        if tags:
+            self._instance.add_run_tags(run.run_id, tags)
+            run = self._instance.get_run_by_id(run.run_id) or run
+            context = SubmitRunContext(run, context.workspace)
+        return super().submit_run(context)
+
+    def placement_tags(self, run: DagsterRun) -> dict[str, str]:
+        if not run.asset_selection or BRONZE_KEY not in run.asset_selection:
+            return {}
+        keys = run_partition_keys(self._instance, run)
+        if not keys:
+            return {}
+        tags: dict[str, str] = {}
+        if OBJECTS_TAG not in run.tags:
+            tags[OBJECTS_TAG] = ",".join(keys)
+        if CLUSTER_TAG not in run.tags:
+            tags.update(cluster_tags(recorded_clusters(self._instance, keys)))
+        return tags
+
+
+def run_partition_keys(instance, run: DagsterRun) -> list[str]:
+    """The `objects` partition keys a run targets: one key, or a range resolved in partition order."""
+    if PARTITION_NAME_TAG in run.tags:
+        return [run.tags[PARTITION_NAME_TAG]]
+    start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+    end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if not (start and end):
+        return []
+    all_keys = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
+    try:
+        first, last = all_keys.index(start), all_keys.index(end)
+    except ValueError:
+        return []
+    return all_keys[first : last + 1]
