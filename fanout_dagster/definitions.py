@@ -17,7 +17,7 @@ from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.resources.catalog import ObjectCatalog
 from fanout_dagster.resources.spark import LocalSparkResource
 from fanout_dagster.resources.warehouse import BronzeWarehouse
-from fanout_dagster.sensors import object_configs_sensor
+from fanout_dagster.sensors import build_object_sensor
 
 TARGETS = ("local", "databricks")
 
@@ -62,12 +62,14 @@ def build_definitions(target: str | None = None) -> Definitions:
     # Packing: how many objects one run takes from a backfill, and how many of
     # them load at once. Small objects want big packs (Spark start-up paid once);
     # large objects want 1 (see README, "Packing").
+    objects_per_run = _env_int("FANOUT_OBJECTS_PER_RUN", 1)
     bronze = build_bronze_asset(
-        objects_per_run=_env_int("FANOUT_OBJECTS_PER_RUN", 1),
+        objects_per_run=objects_per_run,
         threads_per_run=_env_int("FANOUT_THREADS_PER_RUN", 4),
     )
+    sensor = build_object_sensor(objects_per_run=objects_per_run)
     resources = local_resources() if target == "local" else databricks_resources()
-    return Definitions(assets=[bronze], sensors=[object_configs_sensor], resources=resources)
+    return Definitions(assets=[bronze], sensors=[sensor], resources=resources)
 
 
 defs = build_definitions()

@@ -16,10 +16,12 @@ the tick says so). Delete the partition from the UI to hide it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from dagster import (
     AssetSelection,
+    SensorDefinition,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -27,6 +29,8 @@ from dagster import (
     SkipReason,
     sensor,
 )
+
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from fanout_dagster.objects import ObjectConfig
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME, objects_partitions
@@ -44,14 +48,66 @@ def run_request_for(obj: ObjectConfig) -> RunRequest:
     )
 
 
-@sensor(
-    name="object_configs_sensor",
-    asset_selection=AssetSelection.assets("bronze"),
-    minimum_interval_seconds=15,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Adds a partition per object config and runs new or changed objects.",
-)
-def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatalog):
+def pack_request_for(pack: list[ObjectConfig]) -> RunRequest:
+    """One run over a contiguous range of new partitions, all on one cluster."""
+    if len(pack) == 1:
+        return run_request_for(pack[0])
+    identity = ",".join(f"{obj.key}:{obj.config_hash}" for obj in pack)
+    return RunRequest(
+        run_key="pack:" + hashlib.sha256(identity.encode()).hexdigest()[:24],
+        tags={
+            ASSET_PARTITION_RANGE_START_TAG: pack[0].key,
+            ASSET_PARTITION_RANGE_END_TAG: pack[-1].key,
+            CLUSTER_TAG: pack[0].cluster,
+            OBJECTS_TAG: ",".join(obj.key for obj in pack),
+        },
+    )
+
+
+def plan_run_requests(
+    new_in_order: list[ObjectConfig], to_run: list[ObjectConfig], objects_per_run: int
+) -> list[RunRequest]:
+    """Packs for new objects, a run each for changed ones.
+
+    New partitions are added as one block in `new_in_order`, so consecutive new
+    objects form a range Dagster can run as one multi-partition run. A pack
+    ends at a cluster change, at `objects_per_run`, or at a new key that needs
+    no run (the range must not cover it). Changed objects sit anywhere in the
+    partition list, so each gets its own run.
+    """
+    needs_run = {obj.key for obj in to_run}
+    new_keys = {obj.key for obj in new_in_order}
+    requests: list[RunRequest] = []
+    pack: list[ObjectConfig] = []
+    for obj in new_in_order:
+        if pack and (
+            obj.cluster != pack[0].cluster or len(pack) >= objects_per_run or obj.key not in needs_run
+        ):
+            requests.append(pack_request_for(pack))
+            pack = []
+        if obj.key in needs_run:
+            pack.append(obj)
+    if pack:
+        requests.append(pack_request_for(pack))
+    requests.extend(run_request_for(obj) for obj in to_run if obj.key not in new_keys)
+    return requests
+
+
+def build_object_sensor(objects_per_run: int = 1) -> SensorDefinition:
+    @sensor(
+        name="object_configs_sensor",
+        asset_selection=AssetSelection.assets("bronze"),
+        minimum_interval_seconds=15,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Adds a partition per object config and runs new or changed objects.",
+    )
+    def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatalog):
+        return evaluate(context, catalog, objects_per_run)
+
+    return object_configs_sensor
+
+
+def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_per_run: int):
     load = catalog.load()
     for error in load.errors:
         context.log.error(f"invalid object config: {error}")
@@ -61,7 +117,8 @@ def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatal
     # New partitions go in grouped by cluster, so the contiguous ranges a
     # packed backfill takes tend to stay on one cluster.
     ordered = sorted(load.objects, key=lambda obj: (obj.cluster, obj.key))
-    new_keys = [obj.key for obj in ordered if obj.key not in existing]
+    new_objects = [obj for obj in ordered if obj.key not in existing]
+    new_keys = [obj.key for obj in new_objects]
     to_run = [obj for obj in ordered if ran.get(obj.key) != obj.config_hash]
 
     # Keys the sensor ran before that have no valid config now: removed, or
@@ -86,10 +143,14 @@ def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatal
         return SkipReason(summary)
 
     return SensorResult(
-        run_requests=[run_request_for(obj) for obj in to_run],
+        run_requests=plan_run_requests(new_objects, to_run, objects_per_run),
         dynamic_partitions_requests=(
             [objects_partitions.build_add_request(new_keys)] if new_keys else []
         ),
         cursor=json.dumps(cursor, sort_keys=True),
     )
 
+
+
+# The sensor with one run per changed object and per new object.
+object_configs_sensor = build_object_sensor()

@@ -157,6 +157,9 @@ def _materialization(
                 "config_file": MetadataValue.text(obj.config_file),
                 "config_hash": MetadataValue.text(obj.config_hash),
                 "duration_s": MetadataValue.float(round(outcome.finished - outcome.started, 3)),
+                # When this object's load ran inside its run (packs overlap them).
+                "started_at": MetadataValue.timestamp(outcome.started),
+                "finished_at": MetadataValue.timestamp(outcome.finished),
             },
         )
 
