@@ -22,6 +22,9 @@ from fanout_dagster_tests.dagster_processes import (
 pytestmark = pytest.mark.slow
 
 
+OBJECTS_PER_RUN = 3
+
+
 def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tmp_path, spark):
     # Tighter than the shipped limits, so a violation has room to show on 2 cores.
     home = write_dagster_home(
@@ -31,10 +34,16 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
     objects = load_objects(project.configs).objects
     clusters = {obj.key: obj.cluster for obj in objects}
 
+    # New objects are packed per cluster: ceil(n_cluster / 3) runs per cluster.
+    expected_runs = sum(
+        -(-sum(1 for o in objects if o.cluster == c) // OBJECTS_PER_RUN) for c in set(clusters.values())
+    )
+    env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": str(OBJECTS_PER_RUN)}
+
     with DagsterInstance.from_config(str(home)) as instance:
-        with dagster_daemon(home, project.env(), tmp_path / "daemon.log"):
+        with dagster_daemon(home, env, tmp_path / "daemon.log"):
             wait_for(
-                lambda: all_runs_finished(instance, len(objects)),
+                lambda: all_runs_finished(instance, expected_runs),
                 timeout=600,
                 what="the sensor's runs for every sample object",
                 on_timeout=lambda: describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:],
@@ -42,12 +51,17 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
 
         assert not failed_runs(instance), describe_runs(instance)
         records = instance.get_run_records()
-        assert len(records) == len(objects), "one run per object, no more"
+        assert len(records) == expected_runs, describe_runs(instance)
 
-        # Every run carries its object's cluster tag, and the limits held.
+        # Each run is a pack on one cluster and carries that cluster's tag;
+        # together the packs cover every object exactly once.
+        packed_keys = []
         for record in records:
-            key = record.dagster_run.tags["dagster/partition"]
-            assert record.dagster_run.tags["fanout/cluster"] == clusters[key]
+            keys = record.dagster_run.tags["fanout/objects"].split(",")
+            assert len(keys) <= OBJECTS_PER_RUN
+            assert {clusters[k] for k in keys} == {record.dagster_run.tags["fanout/cluster"]}
+            packed_keys.extend(keys)
+        assert sorted(packed_keys) == sorted(clusters)
         overall = max_overlap(records)
         assert 2 <= overall <= global_limit, describe_runs(instance)
         for cluster, limit in cluster_limits.items():
