@@ -1,0 +1,346 @@
+"""ingest.py against real Spark: source resolution, audit columns, re-runs,
+and the loads that must be refused while the previous load stays in place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+
+import pytest
+from pyspark.sql import functions as F
+
+from fanout_dagster.ingest import (
+    AUDIT_COLUMNS,
+    SourceError,
+    ingest_object,
+    resolve_source_files,
+)
+from fanout_dagster.objects import SourceSpec
+from fanout_dagster.tables import LoadRejected, ParquetTableWriter
+from fanout_dagster_tests.helpers import (
+    expected_source_files,
+    load_dirs,
+    local_path,
+    sample_object,
+    spark_source_columns,
+    spark_source_count,
+    spark_source_counts,
+    tree_snapshot,
+)
+
+
+@pytest.fixture
+def writer(spark, project) -> ParquetTableWriter:
+    return ParquetTableWriter(spark, str(project.warehouse))
+
+
+def ingest(spark, project, writer, obj, run_id):
+    return ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id=run_id)
+
+
+def read_table(spark, writer, table):
+    return spark.read.parquet(str(writer.table_path(table)))
+
+
+# --------------------------------------------------------------------------- resolve_source_files
+
+
+def test_resolve_glob_matches_every_file_of_a_multi_file_object(project):
+    orders = sample_object(project.configs, "erp-orders")
+    files = resolve_source_files(str(project.data), orders.source)
+    assert files == expected_source_files(project.data, orders)
+    assert len(files) == len(list((project.data / "erp" / "orders").glob("orders_*.csv"))) > 1
+
+    events = sample_object(project.configs, "crm-web_events")
+    assert resolve_source_files(str(project.data), events.source) == expected_source_files(
+        project.data, events
+    )
+
+
+def test_resolve_directory_and_recursive_glob(project):
+    orders_dir = project.data / "erp" / "orders"
+    expected = sorted(str(p.resolve()) for p in orders_dir.glob("*.csv"))
+    # A folder: its files, minus the ones Spark would skip (_SUCCESS, .crc ...).
+    (orders_dir / "_SUCCESS").write_text("")
+    (orders_dir / ".orders_2026-01.csv.crc").write_text("x")
+    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/orders")) == expected
+    # A recursive glob.
+    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv")) == expected
+    # The root may be given as a file:// URI.
+    assert resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv")) == expected
+
+
+def test_resolve_refuses_a_symlink_to_a_file_outside_the_data_root(project, tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a,b\n1,2\n")
+    os.symlink(outside, project.data / "erp" / "stores" / "zz_link.csv")
+    with pytest.raises(SourceError, match="outside the data root") as excinfo:
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/stores/*.csv"))
+    assert "zz_link.csv" in str(excinfo.value)
+
+
+def test_resolve_refuses_a_symlinked_folder_outside_the_data_root(project, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.csv").write_text("a,b\n1,2\n")
+    os.symlink(outside, project.data / "erp" / "linked")
+    with pytest.raises(SourceError, match="outside the data root"):
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/linked/*.csv"))
+    with pytest.raises(SourceError, match="outside the data root"):
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/linked"))
+
+
+def test_a_symlink_inside_the_data_root_is_allowed(project):
+    (project.data / "erp" / "alias").symlink_to(project.data / "erp" / "stores")
+    files = resolve_source_files(str(project.data), SourceSpec("csv", "erp/alias/*.csv"))
+    assert files == [str((project.data / "erp" / "stores" / "stores.csv").resolve())]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: resolve_source_files checks only glob matches; the files listed inside a "
+    "matched folder (rglob) are not resolved, so a symlink inside a source folder that "
+    "points outside the data root is accepted and read",
+)
+def test_resolve_refuses_a_symlink_outside_the_root_inside_a_source_folder(project, tmp_path):
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a,b\n1,2\n")
+    os.symlink(outside, project.data / "erp" / "stores" / "zz_link.csv")
+    with pytest.raises(SourceError, match="outside the data root"):
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/stores"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: resolve_source_files globs str(root / path), so glob metacharacters in the "
+    "data root's own path ('[', ']', '*', '?') are taken as a pattern and nothing matches",
+)
+def test_resolve_with_glob_characters_in_the_data_root_path(tmp_path):
+    root = tmp_path / "data[v1]"
+    (root / "erp").mkdir(parents=True)
+    (root / "erp" / "x.csv").write_text("a\n1\n")
+    assert resolve_source_files(str(root), SourceSpec("csv", "erp/*.csv")) == [str((root / "erp" / "x.csv").resolve())]
+
+
+def test_resolve_without_matching_files_is_a_clear_error(project):
+    with pytest.raises(SourceError) as excinfo:
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/nothing_here/*.csv"))
+    message = str(excinfo.value)
+    assert "no source files match" in message
+    assert "erp/nothing_here/*.csv" in message and str(project.data.resolve()) in message
+
+
+# --------------------------------------------------------------------------- ingest_object
+
+
+@pytest.mark.parametrize("key", ["erp-orders", "crm-web_events"])
+def test_ingest_writes_source_rows_with_audit_columns(spark, project, writer, key):
+    obj = sample_object(project.configs, key)
+    files = expected_source_files(project.data, obj)
+    source_per_file = spark_source_counts(spark, obj, files)
+    source_count = sum(source_per_file.values())
+    source_columns = spark_source_columns(spark, obj, files)
+
+    before = time.time()
+    result = ingest(spark, project, writer, obj, run_id="run-0001-aaaa")
+    after = time.time()
+
+    table = read_table(spark, writer, obj.target.table)
+    assert result.rows == source_count == table.count()
+    assert result.source_files == len(files)
+    assert result.table == obj.target.table
+    assert result.location == str(writer.table_path(obj.target.table))
+    # Data columns as in the source, then the audit columns.
+    assert table.columns == source_columns + list(AUDIT_COLUMNS)
+    assert [name for name, _ in result.columns] == table.columns
+
+    audit = table.agg(
+        F.collect_set("_dagster_run_id").alias("run_ids"),
+        F.collect_set("_partition_key").alias("keys"),
+        F.collect_set("_load_id").alias("load_ids"),
+        F.collect_set(F.col("_ingested_at").cast("double")).alias("ingested"),
+        F.collect_set("_source_file").alias("files"),
+        F.count(F.when(F.col("_source_file").isNull(), 1)).alias("no_file"),
+    ).first()
+    assert audit.run_ids == ["run-0001-aaaa"]
+    assert audit.keys == [obj.key]
+    assert audit.load_ids == [result.load_id]
+    assert len(audit.ingested) == 1 and before - 1 <= audit.ingested[0] <= after + 1
+    assert audit.no_file == 0
+    assert sorted(local_path(f) for f in audit.files) == files
+
+    # Each file's rows are tagged with that file.
+    per_file = {
+        local_path(row["_source_file"]): row["count"]
+        for row in table.groupBy("_source_file").count().collect()
+    }
+    assert per_file == source_per_file
+
+
+def test_overwrite_rerun_replaces_the_table(spark, project, writer):
+    obj = sample_object(project.configs, "erp-orders")
+    assert obj.target.mode == "overwrite"
+    source_count = spark_source_count(spark, obj, expected_source_files(project.data, obj))
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert first.load_id != second.load_id
+    table = read_table(spark, writer, obj.target.table)
+    assert table.count() == source_count
+    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={second.load_id}"]
+    assert {r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()} == {"run-2"}
+
+
+def test_append_rerun_with_unchanged_files_replaces_the_same_load(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    assert obj.target.mode == "append"
+    source_count = spark_source_count(spark, obj, expected_source_files(project.data, obj))
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert first.load_id == second.load_id
+    table = read_table(spark, writer, obj.target.table)
+    assert table.count() == source_count  # no duplicates
+    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={first.load_id}"]
+    assert [r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()] == ["run-2"]
+
+
+def add_payments_file(project):
+    folder = project.data / "erp" / "payments"
+    june = (folder / "payments_2026-06.csv").read_text().splitlines()
+    # A new month: the June rows with new ids.
+    rows = [june[0]] + [f"9{line}" for line in june[1:]]
+    new = folder / "payments_2026-07.csv"
+    new.write_text("\n".join(rows) + "\n")
+    return new
+
+
+def test_append_with_a_new_source_file_adds_a_second_load(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    table_dir = writer.table_path(obj.target.table)
+    first_load = tree_snapshot(table_dir / f"_load_id={first.load_id}")
+
+    add_payments_file(project)
+    files = expected_source_files(project.data, obj)
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+
+    assert second.load_id != first.load_id
+    assert load_dirs(table_dir) == sorted([f"_load_id={first.load_id}", f"_load_id={second.load_id}"])
+    # The first load is untouched; the second holds what the source holds now.
+    assert tree_snapshot(table_dir / f"_load_id={first.load_id}") == first_load
+    table = read_table(spark, writer, obj.target.table)
+    counts = {r._load_id: r["count"] for r in table.groupBy("_load_id").count().collect()}
+    assert counts == {first.load_id: first.rows, second.load_id: spark_source_count(spark, obj, files)}
+    assert second.rows == counts[second.load_id]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an append load holds every file the glob matches, so when a new file "
+    "arrives the new load re-appends the rows of all earlier files: each earlier row is "
+    "in the table twice",
+)
+def test_append_with_a_new_source_file_keeps_each_source_row_once(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    ingest(spark, project, writer, obj, run_id="run-1")
+    add_payments_file(project)
+    ingest(spark, project, writer, obj, run_id="run-2")
+    files = expected_source_files(project.data, obj)
+    table = read_table(spark, writer, obj.target.table)
+    per_file = {
+        local_path(r["_source_file"]): r["count"] for r in table.groupBy("_source_file").count().collect()
+    }
+    assert per_file == spark_source_counts(spark, obj, files)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a glob can match files whose names start with '_' or '.'; resolve_source_files "
+    "returns them (and counts/fingerprints them) but Spark silently skips such files, so their "
+    "rows never reach bronze and source_files overstates what was read",
+)
+def test_every_resolved_file_is_loaded(spark, project, writer):
+    stores = project.data / "erp" / "stores"
+    shutil.copy(stores / "stores.csv", stores / "_late_extract.csv")
+    obj = sample_object(project.configs, "erp-stores")
+    resolved = resolve_source_files(str(project.data), obj.source)
+    result = ingest(spark, project, writer, obj, run_id="run-1")
+    table = read_table(spark, writer, obj.target.table)
+    loaded = sorted(local_path(r._source_file) for r in table.select("_source_file").distinct().collect())
+    assert loaded == resolved
+    assert result.source_files == len(loaded)
+
+
+# --------------------------------------------------------------------------- refused loads
+
+
+def assert_unchanged(spark, writer, table, snapshot, count):
+    assert tree_snapshot(writer.table_path(table)) == snapshot
+    assert read_table(spark, writer, table).count() == count
+    assert list((writer.warehouse / "_staging").glob("*")) == []
+
+
+def test_header_only_csv_is_refused_and_the_previous_load_stays(spark, project, writer):
+    obj = sample_object(project.configs, "erp-stores")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(writer.table_path(obj.target.table))
+    source = project.data / "erp" / "stores" / "stores.csv"
+    source.write_text(source.read_text().splitlines()[0] + "\n")
+
+    with pytest.raises(LoadRejected, match="no rows") as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert "erp_stores" in str(excinfo.value)
+    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+
+
+def test_empty_jsonl_is_refused_and_the_previous_load_stays(spark, project, writer):
+    obj = sample_object(project.configs, "crm-campaigns")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(writer.table_path(obj.target.table))
+    (project.data / "crm" / "campaigns" / "campaigns.jsonl").write_text("")
+
+    with pytest.raises(SourceError, match="no columns") as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert "crm/campaigns/*.jsonl" in str(excinfo.value) and "empty" in str(excinfo.value)
+    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+
+
+def test_a_changed_schema_is_refused_naming_the_column(spark, project, writer):
+    obj = sample_object(project.configs, "erp-stores")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(writer.table_path(obj.target.table))
+    source = project.data / "erp" / "stores" / "stores.csv"
+    header, *rows = source.read_text().splitlines()
+    source.write_text("\n".join([header + ",region"] + [row + ",emea" for row in rows]) + "\n")
+
+    with pytest.raises(LoadRejected) as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-2")
+    message = str(excinfo.value)
+    assert "schema" in message and "added region" in message and "erp_stores" in message
+    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+
+
+def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(spark, project, writer):
+    sample = sample_object(project.configs, "erp-orders")
+    obj = dataclasses.replace(
+        sample, source=dataclasses.replace(sample.source, options={**sample.source.options, "mode": "FAILFAST"})
+    )
+    files = expected_source_files(project.data, obj)
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(writer.table_path(obj.target.table))
+
+    # One of the later files gets a malformed row (too many fields).
+    victim = project.data / "erp" / "orders" / "orders_2026-05.csv"
+    good = victim.read_text()
+    victim.write_text(good + "999,SO-BROKEN,1,2,3,4,5,6,7,8,9,10,11,12,13,14\n")
+    with pytest.raises(Exception) as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert "malformed" in str(excinfo.value).lower() or "FAILFAST" in str(excinfo.value)
+    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+
+    victim.write_text(good)
+    healed = ingest(spark, project, writer, obj, run_id="run-3")
+    table = read_table(spark, writer, obj.target.table)
+    assert healed.rows == table.count() == spark_source_count(spark, obj, files)
+    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={healed.load_id}"]
