@@ -1,0 +1,208 @@
+"""The databricks target end to end: the real daemon, the real dagster-databricks
+step launcher and databricks-sdk, real HTTP to the project's workspace emulator,
+which runs each step as a local PySpark process."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter
+
+from fanout_dagster.devtools.databricks_emulator import run_emulator
+from fanout_dagster.objects import load_objects
+from fanout_dagster.placement import CLUSTER_TAG
+from fanout_dagster_tests.dagster_processes import (
+    all_runs_finished,
+    dagster_daemon,
+    describe_runs,
+    max_overlap,
+    wait_for,
+    write_dagster_home,
+)
+
+pytestmark = pytest.mark.slow
+
+BRONZE = AssetKey("bronze")
+
+
+def keep_objects(project, keys: list[str]) -> None:
+    """Rewrite the project's configs to hold only these sample objects."""
+    chosen = [obj for obj in load_objects(project.configs).objects if obj.key in keys]
+    shutil.rmtree(project.configs)
+    project.configs.mkdir()
+    entries = [
+        {
+            "code": o.code,
+            "name": o.name,
+            "source": {"format": o.source.format, "path": o.source.path, "options": dict(o.source.options)},
+            "target": {"table": o.target.table, "mode": o.target.mode},
+            "cluster": o.cluster,
+        }
+        for o in chosen
+    ]
+    (project.configs / "objects.yaml").write_text(yaml.safe_dump(entries))
+
+
+@contextmanager
+def databricks_deployment(project, tmp_path: Path, *, objects_per_run: int,
+                          cluster_limits: dict[str, int], max_runs: int = 3,
+                          cluster_start_seconds: float = 0.0):
+    """Emulator + daemon with FANOUT_TARGET=databricks; yields (instance, emulator, home)."""
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=max_runs, cluster_limits=cluster_limits
+    )
+    with run_emulator(root=tmp_path / "emulator", cluster_start_seconds=cluster_start_seconds) as emu:
+        env = {
+            **project.env(),
+            "FANOUT_TARGET": "databricks",
+            "FANOUT_BRONZE_FORMAT": "parquet",
+            "FANOUT_OBJECTS_PER_RUN": str(objects_per_run),
+            "FANOUT_DATABRICKS_POLL_S": "0.5",
+            "DATABRICKS_HOST": emu.host,
+            "DATABRICKS_TOKEN": emu.token,
+        }
+        with DagsterInstance.from_config(str(home)) as instance:
+            with dagster_daemon(home, env, tmp_path / "daemon.log"):
+                yield instance, emu, home
+
+
+def run_logs(instance, run_id: str) -> list[str]:
+    return [entry.user_message or "" for entry in instance.all_logs(run_id)]
+
+
+def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(project, tmp_path, spark):
+    keep_objects(project, ["erp-customers", "erp-products", "erp-suppliers", "erp-order_lines"])
+    # erp-suppliers' source disappears: its object must fail on the cluster, alone.
+    shutil.rmtree(project.data / "erp" / "suppliers")
+    objects = load_objects(project.configs).by_key()
+
+    observations: list[tuple[int, int]] = []  # (materializations so far, emulator runs RUNNING)
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=2, cluster_limits={"default": 1, "heavy": 1}
+    ) as (instance, emu, home):
+        stop = threading.Event()
+
+        def watch():
+            # Events must stream back while the Databricks run is still going.
+            while not stop.is_set():
+                count = len(instance.fetch_materializations(BRONZE, limit=100).records)
+                observations.append((count, emu.stats()["running_now"]))
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            # default: a pack of 2 + a pack of 1; heavy: 1 run.
+            wait_for(
+                lambda: all_runs_finished(instance, 3),
+                timeout=600,
+                what="the databricks runs",
+                on_timeout=lambda: describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:],
+            )
+        finally:
+            stop.set()
+            watcher.join()
+        stats = emu.stats()
+        records = instance.get_run_records()
+
+        # One Databricks run per Dagster run, each on its cluster, within the limits.
+        assert stats["runs_submitted"] == len(records) == 3, describe_runs(instance)
+        assert stats["max_concurrent_running_per_cluster"]["0000-000000-fanoutdefault"] <= 1
+        assert max_overlap(records, (CLUSTER_TAG, "default")) <= 1
+        assert {r.dagster_run.tags[CLUSTER_TAG] for r in records} == {"default", "heavy"}
+
+        # Per-object truth: the healthy objects materialized, the broken one did not.
+        assert instance.get_materialized_partitions(BRONZE) == {
+            "erp-customers", "erp-products", "erp-order_lines"
+        }
+        failed = [r for r in records if r.dagster_run.status == DagsterRunStatus.FAILURE]
+        assert len(failed) == 1 and "erp-suppliers" in failed[0].dagster_run.tags["fanout/objects"]
+        failed_logs = "\n".join(run_logs(instance, failed[0].dagster_run.run_id))
+        # The remote error and traceback reach the Dagster step.
+        assert "erp-suppliers failed: SourceError: no source files match" in failed_logs
+        assert "Traceback (most recent call last)" in failed_logs
+        step_failures = instance.get_records_for_run(
+            failed[0].dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE
+        ).records
+        assert "erp-suppliers" in step_failures[0].event_log_entry.dagster_event.step_failure_data.error.message
+
+        # The remote stdout (captured on the cluster, read back from DBFS) is in the logs.
+        for record in records:
+            logs = run_logs(instance, record.dagster_run.run_id)
+            assert any("Captured stdout for step bronze" in line for line in logs)
+            assert any("Running dagster job" in line for line in logs)
+
+        # Secrets: the token appears in no event, tag, metadata value or captured log.
+        token = emu.token
+        for record in records:
+            run = record.dagster_run
+            assert token not in repr(run.tags) and token not in repr(run.run_config)
+            for entry in instance.all_logs(run.run_id):
+                assert token not in repr(entry)
+        for path in Path(home).rglob("*"):
+            if path.is_file():
+                assert token.encode() not in path.read_bytes(), f"token found in {path}"
+        for path in (tmp_path / "emulator" / "dbfs").rglob("*"):
+            if path.is_file() and path.suffix != ".zip":
+                assert token.encode() not in path.read_bytes(), f"token staged on DBFS in {path}"
+
+    assert any(count > 0 and running > 0 for count, running in observations), (
+        "no materialization arrived while a Databricks run was still running"
+    )
+    # The data landed, exactly once per object.
+    for key in ("erp-customers", "erp-products"):
+        obj = objects[key]
+        source = spark.read.option("header", "true").csv(str(project.data / obj.source.path)).count()
+        assert spark.read.parquet(str(project.warehouse / obj.target.table)).count() == source
+
+
+def test_terminating_the_dagster_run_cancels_the_databricks_run(project, tmp_path):
+    keep_objects(project, ["erp-customers"])
+    # A slow cluster start keeps the Databricks run PENDING long enough to cancel it.
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1},
+        cluster_start_seconds=120,
+    ) as (instance, emu, _home):
+        wait_for(lambda: emu.stats()["runs_submitted"] == 1, 300, "the Databricks submit",
+                 on_timeout=lambda: describe_runs(instance))
+        (run,) = instance.get_runs()
+        assert instance.run_launcher.terminate(run.run_id)
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED,
+            120, "the Dagster run to be canceled",
+        )
+        wait_for(
+            lambda: emu.stats()["runs_by_result_state"].get("CANCELED") == 1, 60,
+            "the Databricks run to be canceled", on_timeout=lambda: str(emu.stats()),
+        )
+        assert emu.stats()["running_now"] == 0
+        assert emu.stats()["runs_started"] == 0
+
+
+def test_a_lost_submit_response_never_runs_an_object_twice(project, tmp_path, spark):
+    keep_objects(project, ["erp-payments"])  # append mode: a second load would add rows
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+    ) as (instance, emu, _home):
+        # The first runs/submit creates the run, then its response is dropped;
+        # databricks-sdk retries the POST with the same idempotency token.
+        emu.inject_faults(drop_submit_responses=1)
+        wait_for(lambda: all_runs_finished(instance, 1), 600, "the run",
+                 on_timeout=lambda: describe_runs(instance))
+        stats = emu.stats()
+        assert instance.get_runs()[0].status == DagsterRunStatus.SUCCESS, describe_runs(instance)
+
+    assert stats["faults_injected"].get("drop_submit_response") == 1, stats
+    assert stats["api_calls"]["jobs/runs/submit"] == 2
+    assert stats["idempotent_replays"] == 1
+    assert stats["runs_started"] == 1
+    table = spark.read.parquet(str(project.warehouse / "erp_payments"))
+    assert table.select("_load_id").distinct().count() == 1
+    source = spark.read.option("header", "true").csv(str(project.data / "erp/payments")).count()
+    assert table.count() == source

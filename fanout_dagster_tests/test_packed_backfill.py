@@ -1,0 +1,305 @@
+"""A packed UI backfill end to end: real `dagster-webserver` + real daemon.
+
+What a user does: turn the object sensor off, launch a backfill of every
+`bronze` partition from the UI with 4 objects per run, see that one broken
+object failed on its own while its pack-mates were loaded, fix it, and
+re-execute the backfill "from failure". Every action goes over HTTP with the
+GraphQL the UI sends; every check reads what Dagster itself recorded (run
+records, the event log, and the GraphQL views the UI renders).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
+from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
+
+from fanout_dagster.ingest import resolve_source_files
+from fanout_dagster.objects import load_objects
+from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters
+from fanout_dagster_tests.dagster_processes import (
+    configured_limits,
+    dagster_daemon,
+    max_overlap,
+    wait_for,
+    write_dagster_home,
+)
+from fanout_dagster_tests.webserver import (
+    asset_partitions,
+    asset_status_counts,
+    backfill_status,
+    dagster_webserver,
+    launch_asset_backfill,
+    metadata_by_label,
+    partition_events,
+    reexecute_backfill,
+    stop_sensor,
+    wait_until_loaded,
+)
+
+pytestmark = pytest.mark.slow
+
+BRONZE = AssetKey("bronze")
+BRONZE_PATH = ["bronze"]
+SENSOR = "object_configs_sensor"
+OBJECTS_PER_RUN = 4
+THREADS_PER_RUN = 2
+MAX_RUNS = 2
+CLUSTER_LIMITS = {"default": 2, "heavy": 1}
+# A default-cluster object in the first pack: its pack-mates must still load.
+BROKEN = "erp-customers"
+
+
+def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(project, tmp_path):
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=MAX_RUNS, cluster_limits=CLUSTER_LIMITS
+    )
+    global_limit, cluster_limits = configured_limits(home)
+    env = {
+        **project.env(),
+        "FANOUT_OBJECTS_PER_RUN": str(OBJECTS_PER_RUN),
+        "FANOUT_THREADS_PER_RUN": str(THREADS_PER_RUN),
+    }
+    web_log, daemon_log = tmp_path / "webserver.log", tmp_path / "daemon.log"
+
+    # The sensor's partition order: grouped by cluster, then by key.
+    objects = sorted(load_objects(project.configs).objects, key=lambda o: (o.cluster, o.key))
+    keys = [obj.key for obj in objects]
+    clusters = {obj.key: obj.cluster for obj in objects}
+    healthy = set(keys) - {BROKEN}
+    assert BROKEN in keys
+
+    # Break the object: its source files disappear (kept aside to fix it later).
+    broken_obj = next(obj for obj in objects if obj.key == BROKEN)
+    aside = tmp_path / "aside"
+    moved: list[tuple[Path, Path]] = []
+    for source in resolve_source_files(str(project.data), broken_obj.source):
+        target = aside / Path(source).relative_to(project.data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+        moved.append((target, Path(source)))
+
+    def logs() -> str:
+        out = []
+        for path in (web_log, daemon_log):
+            if path.exists():
+                out.append(f"--- {path.name} (tail)\n" + path.read_text(errors="replace")[-4000:])
+        return "\n".join(out)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        with dagster_webserver(home, env, web_log) as (web, gql):
+            wait_until_loaded(gql, web, timeout=180, log_path=web_log)
+            timings["webserver ready"] = time.monotonic() - t0
+
+            # 1. The sensor is RUNNING by default: switch it off in the UI
+            #    before any daemon runs, then register the objects as it would.
+            assert stop_sensor(gql, SENSOR) == "STOPPED"
+            instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, keys)
+            # The sensor also records each object's cluster, which the run
+            # coordinator reads to tag backfill runs (placement.py).
+            record_clusters(instance, clusters)
+
+            # 2. Backfill every partition from the UI, before the daemon starts
+            #    so its first backfill iteration picks it up at once.
+            first = launch_asset_backfill(gql, BRONZE_PATH, all_partitions=True)
+            assert backfill_status(gql, first)["numPartitions"] == len(keys)
+
+            with dagster_daemon(home, env, daemon_log):
+                wait_backfill(instance, first, timeout=540, on_timeout=lambda: describe(instance) + logs())
+                timings["first backfill done"] = time.monotonic() - t0
+
+                # 3. What the first backfill did.
+                first_runs = backfill_runs(instance, first)
+                assert_packed(first_runs, keys, clusters, describe(instance))
+                by_key = {key: rec for rec in first_runs for key in run_keys(rec)}
+                for rec in first_runs:
+                    expected = (
+                        DagsterRunStatus.FAILURE if BROKEN in run_keys(rec) else DagsterRunStatus.SUCCESS
+                    )
+                    assert rec.dagster_run.status == expected, describe(instance)
+
+                assert instance.get_materialized_partitions(BRONZE) == healthy
+
+                # The asset's Partitions tab: 14 materialized, the broken one failed.
+                node = asset_partitions(gql, BRONZE_PATH)
+                statuses = node["assetPartitionStatuses"]
+                assert statuses["__typename"] == "DefaultPartitionStatuses"
+                assert set(statuses["materializedPartitions"]) == healthy
+                assert statuses["failedPartitions"] == [BROKEN]
+                assert statuses["materializingPartitions"] == []
+                assert node["partitionStats"] == {
+                    "numMaterialized": len(healthy),
+                    "numPartitions": len(keys),
+                    "numFailed": 1,
+                    "numMaterializing": 0,
+                }
+
+                # The broken partition's own events: the observation with its
+                # error, from the pack's run, and no materialization.
+                events = partition_events(gql, BRONZE_PATH, BROKEN)
+                assert events["assetMaterializations"] == []
+                observations = events["assetObservations"]
+                assert len(observations) == 1, observations
+                assert observations[0]["partition"] == BROKEN
+                assert observations[0]["runId"] == by_key[BROKEN].dagster_run.run_id
+                meta = metadata_by_label(observations[0])
+                assert meta["status"] == "failed"
+                assert "SourceError" in meta["error"] and "no source files match" in meta["error"]
+
+                # The backfill's page: exactly one failed partition.
+                view = backfill_status(gql, first)
+                assert view["status"] == "COMPLETED_FAILED", view
+                assert asset_status_counts(view, BRONZE_PATH) == {
+                    "__typename": "AssetPartitionsStatusCounts",
+                    "assetKey": {"path": BRONZE_PATH},
+                    "numPartitionsTargeted": len(keys),
+                    "numPartitionsInProgress": 0,
+                    "numPartitionsMaterialized": len(healthy),
+                    "numPartitionsFailed": 1,
+                }
+
+                # 4. Fix the object, re-execute the backfill from failure.
+                for kept, original in moved:
+                    shutil.move(kept, original)
+                second = reexecute_backfill(gql, first, "FROM_FAILURE")
+                retry_view = backfill_status(gql, second)
+                assert {"key": PARENT_BACKFILL_ID_TAG, "value": first} in retry_view["tags"]
+                assert retry_view["assetBackfillData"]["rootTargetedPartitions"]["partitionKeys"] == [BROKEN]
+
+                wait_backfill(instance, second, timeout=300, on_timeout=lambda: describe(instance) + logs())
+                timings["re-execution done"] = time.monotonic() - t0
+
+                second_runs = backfill_runs(instance, second)
+                assert [run_keys(rec) for rec in second_runs] == [[BROKEN]], describe(instance)
+                assert second_runs[0].dagster_run.status == DagsterRunStatus.SUCCESS
+                assert second_runs[0].dagster_run.tags.get(CLUSTER_TAG) == clusters[BROKEN]
+
+                assert instance.get_materialized_partitions(BRONZE) == set(keys)
+                node = asset_partitions(gql, BRONZE_PATH)
+                assert node["assetPartitionStatuses"]["failedPartitions"] == []
+                assert node["partitionStats"]["numMaterialized"] == len(keys)
+                assert node["partitionStats"]["numFailed"] == 0
+                view = backfill_status(gql, second)
+                assert view["status"] == "COMPLETED_SUCCESS", view
+                counts = asset_status_counts(view, BRONZE_PATH)
+                assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"],
+                        counts["numPartitionsFailed"]) == (1, 1, 0)
+
+        # 5. Caps, observed from run records and per-object timings.
+        records = instance.get_run_records()
+        # Every run came from the two backfills: the sensor launched nothing.
+        assert {rec.dagster_run.tags.get(BACKFILL_ID_TAG) for rec in records} == {first, second}
+        assert len(records) == len(first_runs) + len(second_runs)
+        overall = max_overlap(records)
+        assert 2 <= overall <= global_limit, describe(instance)
+        for cluster, limit in cluster_limits.items():
+            assert max_overlap(records, (CLUSTER_TAG, cluster)) <= limit, describe(instance)
+
+        loads = object_intervals(instance)
+        assert set(loads) == set(keys), "a timed materialization for every object"
+        per_run: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for run_id, start, end in loads.values():
+            per_run[run_id].append((start, end))
+        run_peaks = {run_id: peak(intervals) for run_id, intervals in per_run.items()}
+        assert max(run_peaks.values()) <= THREADS_PER_RUN, run_peaks
+        # The threads really did overlap inside a pack (not one at a time).
+        assert max(run_peaks.values()) == THREADS_PER_RUN, run_peaks
+        everything = [(start, end) for _, start, end in loads.values()]
+        assert peak(everything) <= global_limit * THREADS_PER_RUN
+
+        timings["total"] = time.monotonic() - t0
+        print(
+            "\n" + describe(instance)
+            + f"\nrun overlap {overall}, object overlap per run {sorted(run_peaks.values())}, "
+            f"overall {peak(everything)}\n"
+            + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_backfill(instance: DagsterInstance, backfill_id: str, timeout: float, on_timeout) -> BulkActionStatus:
+    def done() -> bool:
+        backfill = instance.get_backfill(backfill_id)
+        return backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
+
+    wait_for(done, timeout=timeout, what=f"backfill {backfill_id} to finish", on_timeout=on_timeout)
+    return instance.get_backfill(backfill_id).status
+
+
+def backfill_runs(instance: DagsterInstance, backfill_id: str) -> list[RunRecord]:
+    records = instance.get_run_records(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
+    return sorted(records, key=lambda rec: rec.create_timestamp)
+
+
+def run_keys(record: RunRecord) -> list[str]:
+    return record.dagster_run.tags[OBJECTS_TAG].split(",")
+
+
+def assert_packed(runs: list[RunRecord], keys: list[str], clusters: dict[str, str], detail: str) -> None:
+    """At most OBJECTS_PER_RUN objects a run, each object in exactly one run, far fewer runs."""
+    assert len(runs) == math.ceil(len(keys) / OBJECTS_PER_RUN), detail
+    packed = [key for rec in runs for key in run_keys(rec)]
+    assert sorted(packed) == sorted(keys), detail
+    for rec in runs:
+        pack = run_keys(rec)
+        assert 1 <= len(pack) <= OBJECTS_PER_RUN, detail
+        # Contiguous in partition order, and on the cluster of its objects.
+        first = keys.index(pack[0])
+        assert pack == keys[first : first + len(pack)], detail
+        assert {clusters[key] for key in pack} == {rec.dagster_run.tags[CLUSTER_TAG]}, detail
+
+
+def object_intervals(instance: DagsterInstance) -> dict[str, tuple[str, float, float]]:
+    """(run id, started, finished) of each object's latest load, from its materialization.
+
+    The materialization's `started_at`/`finished_at` metadata are the load's own
+    clock; without them, fall back to the event time minus `duration_s`.
+    """
+    latest: dict[str, tuple[str, float, float]] = {}
+    records = instance.fetch_materializations(BRONZE, limit=1000, ascending=True).records
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        if "started_at" in metadata and "finished_at" in metadata:
+            start, end = metadata["started_at"].value, metadata["finished_at"].value
+        else:
+            end = record.timestamp
+            start = end - metadata["duration_s"].value
+        latest[record.partition_key] = (record.run_id, start, end)
+    return latest
+
+
+def peak(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end at t sorts before a start at t)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    current = best = 0
+    for _, delta in events:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def describe(instance: DagsterInstance) -> str:
+    lines = []
+    for rec in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
+        run = rec.dagster_run
+        span = (
+            f"{rec.start_time:.1f}-{rec.end_time:.1f}" if rec.start_time and rec.end_time else "-"
+        )
+        lines.append(
+            f"{run.run_id[:8]} {run.status.value:8} backfill={run.tags.get(BACKFILL_ID_TAG, '-')} "
+            f"cluster={run.tags.get(CLUSTER_TAG, '-')} {span} objects={run.tags.get(OBJECTS_TAG, '')}"
+        )
+    return "\n".join(lines)
