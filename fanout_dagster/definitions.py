@@ -27,13 +27,6 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def catalog_from_env() -> ObjectCatalog:
-    return ObjectCatalog(
-        configs_dir=os.environ.get("FANOUT_CONFIGS_DIR", "configs"),
-        data_root=os.environ.get("FANOUT_DATA_ROOT", "data"),
-    )
-
-
 def local_resources() -> dict:
     return {
         "spark": LocalSparkResource(
@@ -43,7 +36,7 @@ def local_resources() -> dict:
         "warehouse": BronzeWarehouse(
             format="parquet", location=os.environ.get("FANOUT_BRONZE_LOCATION", "warehouse/bronze")
         ),
-        "catalog": catalog_from_env(),
+        "catalog": ObjectCatalog.from_env(),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),
     }
@@ -52,7 +45,7 @@ def local_resources() -> dict:
 def databricks_resources() -> dict:
     from fanout_dagster.resources.databricks import databricks_target_resources
 
-    return databricks_target_resources(catalog_from_env())
+    return databricks_target_resources(ObjectCatalog.from_env())
 
 
 def build_definitions(target: str | None = None) -> Definitions:

@@ -6,8 +6,9 @@ already; runs a UI backfill creates do not (Dagster gives asset backfill runs
 only partition tags). This subclass adds, at submit time and before the run is
 queued:
 
-- `fanout/cluster`: the cluster the run's objects are placed on (placement.py),
-  so the per-cluster limit applies to every bronze run, however launched;
+- `fanout/cluster`: the cluster the run's objects are placed on (placement.py:
+  recorded by the sensor, else read from the configs folder), so the
+  per-cluster limit applies to every bronze run, however launched;
 - `fanout/objects`: the run's partition keys, which the remote side of a
   Databricks step needs (see assets/bronze.py).
 
@@ -27,6 +28,7 @@ from dagster._core.storage.tags import (
 
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, cluster_tags, recorded_clusters
+from fanout_dagster.resources.catalog import ObjectCatalog
 
 BRONZE_KEY = AssetKey("bronze")
 
@@ -51,8 +53,26 @@ class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
         if OBJECTS_TAG not in run.tags:
             tags[OBJECTS_TAG] = ",".join(keys)
         if CLUSTER_TAG not in run.tags:
-            tags.update(cluster_tags(recorded_clusters(self._instance, keys)))
+            clusters = recorded_clusters(self._instance, keys, fallback=_declared_clusters)
+            tags.update(cluster_tags(clusters, self.cluster_limits()))
         return tags
+
+    def cluster_limits(self) -> dict[str, int]:
+        """Per-cluster run limits from `concurrency: runs: tag_concurrency_limits`."""
+        queue = self._instance.get_concurrency_config().run_queue_config
+        entries = queue.tag_concurrency_limits if queue else []
+        return {
+            entry["value"]: entry["limit"]
+            for entry in entries
+            if entry.get("key") == CLUSTER_TAG and isinstance(entry.get("value"), str)
+        }
+
+
+def _declared_clusters() -> dict[str, str]:
+    # For objects the sensor has not recorded (it may be stopped): read the
+    # configs folder this process is pointed at.
+    catalog = ObjectCatalog.from_env()
+    return {obj.key: obj.cluster for obj in catalog.load().objects}
 
 
 def run_partition_keys(instance, run: DagsterRun) -> list[str]:

@@ -2,9 +2,11 @@
 
 Each tick reads the configs folder and
 - adds a partition for every new valid object;
-- requests a run for every object whose config content hash it has not run
-  yet (new or changed); an unchanged config never re-runs, and the run key
-  (key + hash) keeps that true even if a cursor update was lost;
+- requests a run for every object whose config content hash differs from the
+  one it last ran (new or changed); an unchanged config never re-runs. The
+  run key is key + generation + hash: the generation counts the object's
+  config changes, so a config changed A -> B -> A runs again (Dagster skips
+  run keys a sensor has used before), while a repeated tick never does;
 - records each object's cluster for the run coordinator (placement.py);
 - reports every invalid file with its field, without holding back the valid
   objects.
@@ -40,19 +42,24 @@ from fanout_dagster.resources.catalog import ObjectCatalog
 CONFIG_HASH_TAG = "fanout/config_hash"
 
 
-def run_request_for(obj: ObjectConfig) -> RunRequest:
+def run_request_for(obj: ObjectConfig, generation: int = 1) -> RunRequest:
     return RunRequest(
-        run_key=f"{obj.key}:{obj.config_hash}",
+        run_key=run_key_for(obj, generation),
         partition_key=obj.key,
         tags={CLUSTER_TAG: obj.cluster, OBJECTS_TAG: obj.key, CONFIG_HASH_TAG: obj.config_hash},
     )
 
 
-def pack_request_for(pack: list[ObjectConfig]) -> RunRequest:
+def run_key_for(obj: ObjectConfig, generation: int) -> str:
+    # The first generation keeps the plain key:hash form.
+    return f"{obj.key}:{obj.config_hash}" if generation <= 1 else f"{obj.key}:{generation}:{obj.config_hash}"
+
+
+def pack_request_for(pack: list[ObjectConfig], generations: dict[str, int]) -> RunRequest:
     """One run over a contiguous range of new partitions, all on one cluster."""
     if len(pack) == 1:
-        return run_request_for(pack[0])
-    identity = ",".join(f"{obj.key}:{obj.config_hash}" for obj in pack)
+        return run_request_for(pack[0], generations.get(pack[0].key, 1))
+    identity = ",".join(run_key_for(obj, generations.get(obj.key, 1)) for obj in pack)
     return RunRequest(
         run_key="pack:" + hashlib.sha256(identity.encode()).hexdigest()[:24],
         tags={
@@ -65,7 +72,10 @@ def pack_request_for(pack: list[ObjectConfig]) -> RunRequest:
 
 
 def plan_run_requests(
-    new_in_order: list[ObjectConfig], to_run: list[ObjectConfig], objects_per_run: int
+    new_in_order: list[ObjectConfig],
+    to_run: list[ObjectConfig],
+    objects_per_run: int,
+    generations: dict[str, int] | None = None,
 ) -> list[RunRequest]:
     """Packs for new objects, a run each for changed ones.
 
@@ -75,6 +85,7 @@ def plan_run_requests(
     no run (the range must not cover it). Changed objects sit anywhere in the
     partition list, so each gets its own run.
     """
+    generations = generations or {}
     needs_run = {obj.key for obj in to_run}
     new_keys = {obj.key for obj in new_in_order}
     requests: list[RunRequest] = []
@@ -83,13 +94,15 @@ def plan_run_requests(
         if pack and (
             obj.cluster != pack[0].cluster or len(pack) >= objects_per_run or obj.key not in needs_run
         ):
-            requests.append(pack_request_for(pack))
+            requests.append(pack_request_for(pack, generations))
             pack = []
         if obj.key in needs_run:
             pack.append(obj)
     if pack:
-        requests.append(pack_request_for(pack))
-    requests.extend(run_request_for(obj) for obj in to_run if obj.key not in new_keys)
+        requests.append(pack_request_for(pack, generations))
+    requests.extend(
+        run_request_for(obj, generations.get(obj.key, 1)) for obj in to_run if obj.key not in new_keys
+    )
     return requests
 
 
@@ -112,14 +125,15 @@ def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_p
     for error in load.errors:
         context.log.error(f"invalid object config: {error}")
 
-    ran: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    ran = _read_cursor(context.cursor)  # key -> (config hash last run, generation)
     existing = set(context.instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
     # New partitions go in grouped by cluster, so the contiguous ranges a
     # packed backfill takes tend to stay on one cluster.
     ordered = sorted(load.objects, key=lambda obj: (obj.cluster, obj.key))
     new_objects = [obj for obj in ordered if obj.key not in existing]
     new_keys = [obj.key for obj in new_objects]
-    to_run = [obj for obj in ordered if ran.get(obj.key) != obj.config_hash]
+    to_run = [obj for obj in ordered if ran.get(obj.key, ("", 0))[0] != obj.config_hash]
+    generations = {obj.key: ran.get(obj.key, ("", 0))[1] + 1 for obj in to_run}
 
     # Keys the sensor ran before that have no valid config now: removed, or
     # their file is invalid at the moment (an unparseable file hides which).
@@ -134,7 +148,7 @@ def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_p
     # Hashes are never dropped from the cursor, so an object whose file was
     # broken for a while does not re-run once the file is fixed, unless its
     # own config changed.
-    cursor = {**ran, **{obj.key: obj.config_hash for obj in load.objects}}
+    cursor = {**ran, **{obj.key: (obj.config_hash, generations[obj.key]) for obj in to_run}}
 
     if not new_keys and not to_run:
         summary = f"{len(load.objects)} object(s) up to date"
@@ -143,12 +157,16 @@ def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_p
         return SkipReason(summary)
 
     return SensorResult(
-        run_requests=plan_run_requests(new_objects, to_run, objects_per_run),
+        run_requests=plan_run_requests(new_objects, to_run, objects_per_run, generations),
         dynamic_partitions_requests=(
             [objects_partitions.build_add_request(new_keys)] if new_keys else []
         ),
-        cursor=json.dumps(cursor, sort_keys=True),
+        cursor=json.dumps({key: list(value) for key, value in cursor.items()}, sort_keys=True),
     )
+
+
+def _read_cursor(cursor: str | None) -> dict[str, tuple[str, int]]:
+    return {key: (value[0], int(value[1])) for key, value in json.loads(cursor or "{}").items()}
 
 
 

@@ -281,6 +281,31 @@ def test_placement_tags_for_a_range_in_partition_order(placed, bronze_job, coord
     }
 
 
+def test_a_mixed_pack_runs_under_its_most_constrained_cluster(bronze_job):
+    limits = {"default": 2, "heavy": 1}
+    overrides = {
+        "concurrency": {
+            "runs": {
+                "tag_concurrency_limits": [
+                    {"key": CLUSTER_TAG, "value": name, "limit": limit} for name, limit in limits.items()
+                ]
+            }
+        }
+    }
+    with instance_for_test(overrides=overrides) as instance:
+        instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ADDED)
+        coordinator = ClusterTaggingRunCoordinator()
+        coordinator.register_instance(instance)
+        assert coordinator.cluster_limits() == limits
+        # Nothing recorded by a sensor: the clusters come from the configs
+        # folder (erp-orders, crm-contacts, erp-customers default; the rest heavy).
+        mixed = make_run(instance, bronze_job, range_tags("erp-orders", "erp-inventory"))
+        # 3 default vs 2 heavy: the heavy limit (1) still governs the pack, so
+        # heavy objects never run beyond it.
+        assert coordinator.placement_tags(mixed)[CLUSTER_TAG] == "heavy"
+        assert coordinator.placement_tags(mixed)[CLUSTERS_TAG] == "default+heavy"
+
+
 def test_placement_tags_keep_what_the_run_already_says(placed, bronze_job, coordinator):
     sensor_run = make_run(
         placed,

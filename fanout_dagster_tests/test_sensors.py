@@ -127,17 +127,12 @@ def test_changing_one_config_requests_exactly_one_run(instance, project):
 
     assert second.added_partitions == []
     assert [(r.partition_key, r.run_key) for r in second.run_requests] == [
-        ("erp-customers", f"erp-customers:{changed.config_hash}")
+        # Second generation of this object's config: a fresh run key.
+        ("erp-customers", f"erp-customers:2:{changed.config_hash}")
     ]
     assert tick(instance, project, cursor=second.cursor).skipped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run_key is key:config_hash, and Dagster launches a sensor run only for run keys "
-    "the sensor has not used before; a config changed A -> B -> A is re-requested with the run "
-    "key of the first A run, so the daemon skips it and bronze keeps the load made with B",
-)
 def test_reverting_a_config_requests_a_run_with_a_fresh_run_key(instance, project):
     erp = project.configs / "erp.yaml"
     original = erp.read_text()

@@ -171,5 +171,7 @@ def _failure_event(
     metadata = {"status": MetadataValue.text("failed"), "error": MetadataValue.text(message)}
     if outcome is not None:
         metadata["duration_s"] = MetadataValue.float(round(outcome.finished - outcome.started, 3))
+        metadata["started_at"] = MetadataValue.timestamp(outcome.started)
+        metadata["finished_at"] = MetadataValue.timestamp(outcome.finished)
         metadata["traceback"] = MetadataValue.md(f"```\n{outcome.traceback}\n```")
     return AssetObservation(asset_key=context.asset_key, partition=key, metadata=metadata)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def project_path(path: str) -> str:
 class ObjectCatalog(ConfigurableResource):
     configs_dir: str = "configs"
     data_root: str = "data"
+
+    @classmethod
+    def from_env(cls) -> "ObjectCatalog":
+        return cls(
+            configs_dir=os.environ.get("FANOUT_CONFIGS_DIR", "configs"),
+            data_root=os.environ.get("FANOUT_DATA_ROOT", "data"),
+        )
 
     @property
     def configs_path(self) -> str:
