@@ -27,7 +27,9 @@ DEFAULT_CLUSTER = "default"
 # Partition keys end up in URLs, run tags and backfill selections. Dagster's UI
 # splits partition selections on commas, so keys keep to a small safe alphabet.
 IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Table names start with a letter: the Parquet writer keeps its own folders
+# (_staging, _trash) and lock files (.<table>.lock) next to the tables.
+TABLE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_IDENT_LEN = 40
 MAX_TABLE_LEN = 128
 
@@ -301,8 +303,8 @@ def _parse_target(value: Any, err: _Reporter) -> TargetSpec | None:
             # identifiers, so anything but a plain identifier is refused.
             err(
                 "target.table",
-                f"{table!r} is not a plain table name: use lower-case letters, digits and '_' "
-                "(no dots, quotes, spaces or SQL)",
+                f"{table!r} is not a plain table name: use lower-case letters, digits and '_', "
+                "starting with a letter (no dots, quotes, spaces or SQL)",
             )
     mode = value.get("mode", "overwrite")
     if mode not in WRITE_MODES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -35,6 +36,8 @@ def expected_source_files(data_root: Path, obj: ObjectConfig) -> list[str]:
 
 
 def _spark_read(spark, obj: ObjectConfig, files: list[str]):
+    # Spark expands glob characters in the paths it is given; these are files.
+    files = [re.sub(r"([\\\[\]{}*?])", r"\\\1", f) for f in files]
     if obj.source.format == "csv":
         header = str(obj.source.options.get("header", False)).lower() == "true"
         return spark.read.csv(files, header=header)

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -16,6 +17,7 @@ from fanout_dagster.ingest import (
     SourceError,
     ingest_object,
     resolve_source_files,
+    source_load_id,
 )
 from fanout_dagster.objects import SourceSpec
 from fanout_dagster.tables import LoadRejected, ParquetTableWriter
@@ -65,11 +67,22 @@ def test_resolve_directory_and_recursive_glob(project):
     # A folder: its files, minus the ones Spark would skip (_SUCCESS, .crc ...).
     (orders_dir / "_SUCCESS").write_text("")
     (orders_dir / ".orders_2026-01.csv.crc").write_text("x")
+    (orders_dir / "_temporary").mkdir()
+    (orders_dir / "_temporary" / "part-0.csv").write_text("x")
     assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/orders")) == expected
     # A recursive glob.
     assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv")) == expected
     # The root may be given as a file:// URI.
     assert resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv")) == expected
+
+
+def test_resolve_lists_each_file_once(project):
+    payments = sorted(str(p.resolve()) for p in (project.data / "erp" / "payments").glob("*.csv"))
+    # '**' matches the folder and each of its files.
+    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/payments/**")) == payments
+    # A symlink to a folder inside the root reaches the same files again.
+    (project.data / "erp" / "pay_alias").symlink_to(project.data / "erp" / "payments")
+    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/pay*/*.csv")) == payments
 
 
 def test_resolve_refuses_a_symlink_to_a_file_outside_the_data_root(project, tmp_path):
@@ -98,12 +111,6 @@ def test_a_symlink_inside_the_data_root_is_allowed(project):
     assert files == [str((project.data / "erp" / "stores" / "stores.csv").resolve())]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source_files checks only glob matches; the files listed inside a "
-    "matched folder (rglob) are not resolved, so a symlink inside a source folder that "
-    "points outside the data root is accepted and read",
-)
 def test_resolve_refuses_a_symlink_outside_the_root_inside_a_source_folder(project, tmp_path):
     outside = tmp_path / "secret.csv"
     outside.write_text("a,b\n1,2\n")
@@ -112,11 +119,6 @@ def test_resolve_refuses_a_symlink_outside_the_root_inside_a_source_folder(proje
         resolve_source_files(str(project.data), SourceSpec("csv", "erp/stores"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source_files globs str(root / path), so glob metacharacters in the "
-    "data root's own path ('[', ']', '*', '?') are taken as a pattern and nothing matches",
-)
 def test_resolve_with_glob_characters_in_the_data_root_path(tmp_path):
     root = tmp_path / "data[v1]"
     (root / "erp").mkdir(parents=True)
@@ -166,7 +168,7 @@ def test_ingest_writes_source_rows_with_audit_columns(spark, project, writer, ke
     ).first()
     assert audit.run_ids == ["run-0001-aaaa"]
     assert audit.keys == [obj.key]
-    assert audit.load_ids == [result.load_id]
+    assert sorted(audit.load_ids) == sorted(result.load_ids)  # append: one per file
     assert len(audit.ingested) == 1 and before - 1 <= audit.ingested[0] <= after + 1
     assert audit.no_file == 0
     assert sorted(local_path(f) for f in audit.files) == files
@@ -185,24 +187,66 @@ def test_overwrite_rerun_replaces_the_table(spark, project, writer):
     source_count = spark_source_count(spark, obj, expected_source_files(project.data, obj))
     first = ingest(spark, project, writer, obj, run_id="run-1")
     second = ingest(spark, project, writer, obj, run_id="run-2")
-    assert first.load_id != second.load_id
+    assert first.load_ids != second.load_ids
     table = read_table(spark, writer, obj.target.table)
     assert table.count() == source_count
-    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={second.load_id}"]
+    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={second.load_ids[0]}"]
     assert {r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()} == {"run-2"}
 
 
-def test_append_rerun_with_unchanged_files_replaces_the_same_load(spark, project, writer):
+def table_dir(writer, obj):
+    return writer.table_path(obj.target.table)
+
+
+def file_load_id(project, path) -> str:
+    return source_load_id(Path(path).resolve().relative_to(project.data.resolve()).as_posix())
+
+
+def load_dir(writer, obj, load_id):
+    return table_dir(writer, obj) / f"_load_id={load_id}"
+
+
+def rows_per_file(spark, writer, obj) -> dict[str, int]:
+    table = read_table(spark, writer, obj.target.table)
+    return {local_path(r["_source_file"]): r["count"] for r in table.groupBy("_source_file").count().collect()}
+
+
+def test_append_keeps_one_load_per_source_file(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     assert obj.target.mode == "append"
-    source_count = spark_source_count(spark, obj, expected_source_files(project.data, obj))
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    second = ingest(spark, project, writer, obj, run_id="run-2")
-    assert first.load_id == second.load_id
+    files = expected_source_files(project.data, obj)
+    result = ingest(spark, project, writer, obj, run_id="run-1")
+
+    ids = [file_load_id(project, f) for f in files]
+    assert sorted(result.load_ids) == sorted(ids) and len(set(ids)) == len(files) > 1
+    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={i}" for i in ids)
     table = read_table(spark, writer, obj.target.table)
-    assert table.count() == source_count  # no duplicates
-    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={first.load_id}"]
-    assert [r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()] == ["run-2"]
+    # Each file's rows carry that file's load id.
+    by_file = {local_path(r._source_file): r._load_id for r in table.select("_source_file", "_load_id").distinct().collect()}
+    assert by_file == dict(zip(files, ids))
+    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
+    assert result.rows == result.rows_written == table.count() == spark_source_count(spark, obj, files)
+    assert result.source_files == result.files_written == len(files)
+    assert [name for name, _ in result.columns] == table.columns
+    # The hidden marker records what each load was made from.
+    stat = os.stat(files[0])
+    marker = (load_dir(writer, obj, ids[0]) / "_SOURCE").read_text()
+    assert marker == f"size={stat.st_size} mtime_ns={stat.st_mtime_ns} config={obj.config_hash}"
+
+
+def test_append_rerun_with_unchanged_files_is_a_no_op(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(table_dir(writer, obj))
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+
+    assert (second.rows_written, second.files_written, second.load_ids) == (0, 0, ())
+    assert second.rows == first.rows == read_table(spark, writer, obj.target.table).count()
+    assert second.source_files == first.source_files
+    assert second.columns == first.columns
+    assert tree_snapshot(table_dir(writer, obj)) == snapshot
+    runs = read_table(spark, writer, obj.target.table).select("_dagster_run_id").distinct().collect()
+    assert [r._dagster_run_id for r in runs] == ["run-1"]
 
 
 def add_payments_file(project):
@@ -215,51 +259,143 @@ def add_payments_file(project):
     return new
 
 
-def test_append_with_a_new_source_file_adds_a_second_load(spark, project, writer):
+def test_append_with_a_new_source_file_writes_only_its_load(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     first = ingest(spark, project, writer, obj, run_id="run-1")
-    table_dir = writer.table_path(obj.target.table)
-    first_load = tree_snapshot(table_dir / f"_load_id={first.load_id}")
+    before = tree_snapshot(table_dir(writer, obj))
 
-    add_payments_file(project)
+    new = add_payments_file(project)
     files = expected_source_files(project.data, obj)
     second = ingest(spark, project, writer, obj, run_id="run-2")
 
-    assert second.load_id != first.load_id
-    assert load_dirs(table_dir) == sorted([f"_load_id={first.load_id}", f"_load_id={second.load_id}"])
-    # The first load is untouched; the second holds what the source holds now.
-    assert tree_snapshot(table_dir / f"_load_id={first.load_id}") == first_load
-    table = read_table(spark, writer, obj.target.table)
-    counts = {r._load_id: r["count"] for r in table.groupBy("_load_id").count().collect()}
-    assert counts == {first.load_id: first.rows, second.load_id: spark_source_count(spark, obj, files)}
-    assert second.rows == counts[second.load_id]
+    new_id = file_load_id(project, new)
+    assert second.load_ids == (new_id,) and second.files_written == 1
+    assert second.source_files == len(files) == first.source_files + 1
+    new_rows = spark_source_count(spark, obj, [str(new.resolve())])
+    assert second.rows_written == new_rows
+    assert second.rows == first.rows + new_rows == read_table(spark, writer, obj.target.table).count()
+    # The earlier loads are untouched; the new one is added beside them.
+    after = tree_snapshot(table_dir(writer, obj))
+    assert {k: v for k, v in after.items() if not k.startswith(f"_load_id={new_id}/")} == before
+    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={file_load_id(project, f)}" for f in files)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an append load holds every file the glob matches, so when a new file "
-    "arrives the new load re-appends the rows of all earlier files: each earlier row is "
-    "in the table twice",
-)
 def test_append_with_a_new_source_file_keeps_each_source_row_once(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     ingest(spark, project, writer, obj, run_id="run-1")
     add_payments_file(project)
     ingest(spark, project, writer, obj, run_id="run-2")
     files = expected_source_files(project.data, obj)
+    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
+
+
+def test_append_with_a_changed_file_replaces_its_load(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    ingest(spark, project, writer, obj, run_id="run-1")
+    changed = project.data / "erp" / "payments" / "payments_2026-03.csv"
+    header, *rows = changed.read_text().splitlines()
+    changed.write_text("\n".join([header] + rows[: len(rows) // 2]) + "\n")  # a corrected, shorter extract
+
+    result = ingest(spark, project, writer, obj, run_id="run-2")
+    files = expected_source_files(project.data, obj)
+    assert result.load_ids == (file_load_id(project, changed),)
+    assert result.rows_written == len(rows) // 2
+    # The file's latest version wins, and only its rows were rewritten.
+    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
     table = read_table(spark, writer, obj.target.table)
-    per_file = {
-        local_path(r["_source_file"]): r["count"] for r in table.groupBy("_source_file").count().collect()
-    }
-    assert per_file == spark_source_counts(spark, obj, files)
+    runs = {local_path(r._source_file): r._dagster_run_id for r in table.select("_source_file", "_dagster_run_id").distinct().collect()}
+    assert runs == {f: "run-2" if f == str(changed.resolve()) else "run-1" for f in files}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a glob can match files whose names start with '_' or '.'; resolve_source_files "
-    "returns them (and counts/fingerprints them) but Spark silently skips such files, so their "
-    "rows never reach bronze and source_files overstates what was read",
-)
+def test_append_keeps_the_rows_of_a_file_that_left_the_source(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    gone = project.data / "erp" / "payments" / "payments_2026-01.csv"
+    gone.unlink()
+    add_payments_file(project)
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert second.files_written == 1 and second.source_files == first.source_files
+    assert file_load_id(project, gone) in {d.removeprefix("_load_id=") for d in load_dirs(table_dir(writer, obj))}
+    assert second.rows == first.rows + second.rows_written == read_table(spark, writer, obj.target.table).count()
+
+
+def test_append_rereads_every_file_when_the_object_config_changes(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    # Another reader option: every load was made with the old config.
+    changed = dataclasses.replace(
+        obj, source=dataclasses.replace(obj.source, options={**obj.source.options, "mode": "PERMISSIVE"})
+    )
+    assert changed.config_hash != obj.config_hash
+    second = ingest(spark, project, writer, changed, run_id="run-2")
+    assert sorted(second.load_ids) == sorted(first.load_ids)
+    assert second.rows == second.rows_written == first.rows == read_table(spark, writer, obj.target.table).count()
+
+
+def test_append_with_a_new_file_without_rows(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    folder = project.data / "erp" / "payments"
+    empty = folder / "payments_2026-07.csv"
+    empty.write_text((folder / "payments_2026-06.csv").read_text().splitlines()[0] + "\n")
+
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert (second.files_written, second.rows_written, second.rows) == (1, 0, first.rows)
+    # Its load is recorded (no rows, a marker), so the next run does not read it again.
+    assert (load_dir(writer, obj, file_load_id(project, empty)) / "_SOURCE").exists()
+    assert str(empty.resolve()) not in rows_per_file(spark, writer, obj)
+    assert ingest(spark, project, writer, obj, run_id="run-3").files_written == 0
+
+
+def test_append_of_a_source_without_rows_is_refused(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    for source in (project.data / "erp" / "payments").glob("*.csv"):
+        source.write_text(source.read_text().splitlines()[0] + "\n")
+    with pytest.raises(LoadRejected, match="no rows") as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-1")
+    assert "erp_payments" in str(excinfo.value)
+    assert not table_dir(writer, obj).exists()
+    assert list((writer.warehouse / "_staging").glob("*")) == []
+
+
+def test_append_refuses_a_schema_change_in_a_new_file(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    snapshot = tree_snapshot(table_dir(writer, obj))
+    new = add_payments_file(project)
+    header, *rows = new.read_text().splitlines()
+    new.write_text("\n".join([header + ",channel"] + [row + ",web" for row in rows]) + "\n")
+
+    with pytest.raises(LoadRejected, match="added channel"):
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+
+
+def test_append_file_names_that_need_escaping(spark, project, writer):
+    """Spark names each row's file by URI ('a%20b'); the load id it computes from
+    it must be the one this side computed from the path."""
+    obj = sample_object(project.configs, "erp-payments")
+    folder = project.data / "erp" / "payments"
+    june = folder / "payments_2026-06.csv"
+    for name in ("payments_2026+07 100%.csv", "payments_day=2026-07-02.csv", "payments_[é]{a,b}.csv"):
+        shutil.copy(june, folder / name)
+    files = expected_source_files(project.data, obj)
+    result = ingest(spark, project, writer, obj, run_id="run-1")
+    assert result.files_written == len(files) == 9
+    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={file_load_id(project, f)}" for f in files)
+    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
+
+
+def test_ingest_with_glob_characters_in_the_data_root(spark, project, tmp_path):
+    root = tmp_path / "data[v1]{x}"
+    shutil.copytree(project.data, root)
+    writer = ParquetTableWriter(spark, str(tmp_path / "warehouse"))
+    for key in ("erp-payments", "erp-orders"):
+        obj = sample_object(project.configs, key)
+        result = ingest_object(spark, obj, data_root=str(root), writer=writer, run_id="run-1")
+        assert result.rows == spark_source_count(spark, obj, expected_source_files(project.data, obj))
+
+
 def test_every_resolved_file_is_loaded(spark, project, writer):
     stores = project.data / "erp" / "stores"
     shutil.copy(stores / "stores.csv", stores / "_late_extract.csv")
@@ -343,4 +479,22 @@ def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(sp
     healed = ingest(spark, project, writer, obj, run_id="run-3")
     table = read_table(spark, writer, obj.target.table)
     assert healed.rows == table.count() == spark_source_count(spark, obj, files)
-    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={healed.load_id}"]
+    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={healed.load_ids[0]}"]
+
+
+def test_append_from_a_root_that_spark_lists(spark, project, writer, monkeypatch):
+    """Remote roots (dbfs:/, abfss://) are listed by Spark: no fingerprints to
+    compare, so every run re-reads every file, and each still lands once."""
+    import fanout_dagster.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "is_local_root", lambda root: False)
+    obj = sample_object(project.configs, "erp-payments")
+    root = f"file://{project.data.resolve()}"
+    first = ingest_object(spark, obj, data_root=root, writer=writer, run_id="run-1")
+    add_payments_file(project)
+    second = ingest_object(spark, obj, data_root=root, writer=writer, run_id="run-2")
+
+    files = expected_source_files(project.data, obj)
+    assert second.files_written == second.source_files == len(files) == first.files_written + 1
+    assert sorted(second.load_ids) == sorted(file_load_id(project, f) for f in files)
+    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)

@@ -230,6 +230,9 @@ BAD_FIELDS = [
     ("table-single-quote", _set("target.table", "x'y"), "target.table", "not a plain table name"),
     ("table-double-quote", _set("target.table", '"x"'), "target.table", "not a plain table name"),
     ("table-backtick", _set("target.table", "`x`"), "target.table", "not a plain table name"),
+    # The Parquet writer's own folders sit next to the tables: _staging, _trash.
+    ("table-leading-underscore", _set("target.table", "_staging"), "target.table", "starting with a letter"),
+    ("table-leading-digit", _set("target.table", "1x"), "target.table", "starting with a letter"),
     ("path-dotdot", _set("source.path", "../x"), "source.path", "inside the data root"),
     ("path-dotdot-inner", _set("source.path", "hr/../../x"), "source.path", "inside the data root"),
     ("path-absolute", _set("source.path", "/etc/passwd"), "source.path", "not absolute"),

@@ -95,7 +95,14 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
             # Events are yielded as each object finishes, so the UI shows
             # progress object by object while the rest of the pack runs.
             if outcome.ok:
-                context.log.info(f"{outcome.item.key}: {outcome.result.rows} rows -> {outcome.result.table}")
+                result = outcome.result
+                summary = (
+                    f"{outcome.item.key}: {result.rows_written} rows from {result.files_written} "
+                    f"file(s) -> {result.table} ({result.rows} rows in the table)"
+                )
+                context.log.info(summary)
+                # Also on stdout: on Databricks it lands in the driver log.
+                print(summary)
                 yield _materialization(context, outcome)
             else:
                 message = f"{type(outcome.error).__name__}: {outcome.error}"
@@ -151,8 +158,10 @@ def _materialization(
                 "dagster/table_name": MetadataValue.text(result.table),
                 "location": MetadataValue.path(result.location),
                 "write_mode": MetadataValue.text(obj.target.mode),
-                "load_id": MetadataValue.text(result.load_id),
+                "rows_written": MetadataValue.int(result.rows_written),
+                "files_written": MetadataValue.int(result.files_written),
                 "source_files": MetadataValue.int(result.source_files),
+                "load_ids": MetadataValue.text(",".join(result.load_ids) or "(nothing new)"),
                 "cluster": MetadataValue.text(obj.cluster),
                 "config_file": MetadataValue.text(obj.config_file),
                 "config_hash": MetadataValue.text(obj.config_hash),
