@@ -18,6 +18,7 @@ The asset never asks where it runs: the SparkSession, the warehouse format and
 the step launcher (Databricks or none) are resources chosen in definitions.py.
 """
 
+import re
 
 from dagster import (
     AssetExecutionContext,
@@ -105,7 +106,7 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
                 print(summary)
                 yield _materialization(context, outcome)
             else:
-                message = f"{type(outcome.error).__name__}: {outcome.error}"
+                message = short_error(outcome.error)
                 failures[outcome.item.key] = message
                 context.log.error(f"{outcome.item.key} failed: {message}\n{outcome.traceback}")
                 yield _failure_event(context, outcome.item.key, message, outcome)
@@ -121,6 +122,22 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
             )
 
     return bronze
+
+
+SPARK_ERROR_CLASS = re.compile(r"\[[A-Z][A-Z0-9_]+(\.[A-Z0-9_]+)*\]")
+
+
+def short_error(error: BaseException, limit: int = 500) -> str:
+    """One line for summaries. Spark errors from the JVM carry a whole Java
+    stack trace (kilobytes) in their message; the traceback metadata keeps it.
+    Their telling line is the one with Spark's error class, e.g.
+    "[MALFORMED_CSV_RECORD] Malformed CSV record: ..."; otherwise the first."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [""]
+    classed = [line for line in lines if SPARK_ERROR_CLASS.search(line)]
+    line = classed[0] if classed else lines[0]
+    if len(line) > limit:
+        line = line[:limit] + "..."
+    return f"{type(error).__name__}: {line}"
 
 
 def _pack_keys(context: AssetExecutionContext) -> list[str]:
