@@ -1,0 +1,134 @@
+"""The 10,000-object section: what the fan-out list costs before any data moves.
+
+- `scale_definitions_load`: `python -c 'import fanout_dagster.definitions'` in a
+  fresh process with FANOUT_CONFIGS_DIR at the 10k configs (median of 3). Every
+  code server, run worker and daemon pays this.
+- `scale_sensor_first_tick`: the real `dagster-daemon` against a fresh instance
+  (the repo's dagster.yaml, run queue closed with max_concurrent_runs: 0 so no
+  run starts), its object sensor's first tick over the 10k configs. `wall_s` is
+  tick start -> all 10k partitions present in the instance (polled every 0.5 s).
+  The tick then goes on to create one queued run per object; it is watched for
+  `tick_window_s` more to measure that rate, and the whole tick's length is
+  estimated from it (`tick_total_estimated`) unless it finished in the window.
+  Extras also give the sensor function's own time (in-process, on an empty
+  instance) and the time to read the configs alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from bench.dagster_modes import Daemon, write_instance
+
+SENSOR_NAME = "object_configs_sensor"
+
+
+def run_sensor_tick(spec: dict) -> dict:
+    from dagster import DagsterInstance
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    from fanout_dagster.objects import load_objects
+    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+
+    n = spec["objects"]
+    t0 = time.perf_counter()
+    load = load_objects(spec["configs"])
+    config_load_s = time.perf_counter() - t0
+    if len(load.objects) != n or load.errors:
+        raise RuntimeError(f"expected {n} valid configs, got {len(load.objects)} and {len(load.errors)} errors")
+    eval_s, requested = _evaluate_in_process(spec)
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    workspace = write_instance(home, 0)  # max_concurrent_runs: 0 - runs stay queued
+    workdir = Path(spec["workdir"])
+    instance = DagsterInstance.get()
+    daemon = Daemon(workspace, dict(os.environ), workdir / "daemon.log", workdir)
+    deadline = time.time() + spec["timeout_s"]
+    t_partitions = None
+    tick = None
+    partitions_seen = 0
+    run_counts: list[tuple[float, int]] = []
+    try:
+        while time.time() < deadline:
+            if daemon.proc.poll() is not None:
+                raise RuntimeError(f"dagster-daemon exited; see {daemon.log_path}")
+            now = time.time()
+            if t_partitions is None:
+                partitions_seen = len(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
+                if partitions_seen >= n:
+                    t_partitions = now
+            run_counts.append((now, instance.get_runs_count()))
+            tick = _first_tick(instance, InstigatorType)
+            if tick is not None and tick.status != TickStatus.STARTED:
+                break
+            # The tick goes on creating one queued run per object; a window of it gives the rate.
+            if t_partitions is not None and now - t_partitions > spec["tick_window_s"]:
+                break
+            time.sleep(0.5)
+    finally:
+        daemon.stop()
+    if tick is None:
+        raise TimeoutError(f"no sensor tick within {spec['timeout_s']} s; see {daemon.log_path}")
+    tick_start = tick.timestamp
+    finished = tick.status != TickStatus.STARTED
+    created = [(t, c) for t, c in run_counts if c > 0]
+    rate = None
+    if len(created) >= 2 and created[-1][0] > created[0][0]:
+        rate = (created[-1][1] - created[0][1]) / (created[-1][0] - created[0][0])
+    tick_total = None
+    if finished and tick.end_timestamp:
+        tick_total = tick.end_timestamp - tick_start
+    elif rate and created:
+        # First run created, then the rest at the measured rate.
+        tick_total = (created[0][0] - tick_start) + (n - created[0][1]) / rate
+    log_text = daemon.log_path.read_text(errors="replace")
+    return {
+        "t0": tick_start,
+        "wall_s": (t_partitions - tick_start) if t_partitions else None,
+        "runs": [],
+        "timeline": [],
+        "extras": {
+            "partitions_added": n if t_partitions else partitions_seen,
+            "all_partitions_added": t_partitions is not None,
+            "tick_status": tick.status.value,
+            "tick_error": tick.error.message[:500] if tick.error else None,
+            "tick_total_s": round(tick_total, 1) if tick_total else None,
+            "tick_total_estimated": bool(tick_total) and not finished,
+            "runs_created": run_counts[-1][1] if run_counts else 0,
+            "run_creation_per_s": round(rate, 2) if rate else None,
+            "first_run_after_tick_start_s": round(created[0][0] - tick_start, 1) if created else None,
+            "daemon_launch_to_tick_s": round(tick_start - daemon.launched, 3),
+            "config_load_s": round(config_load_s, 3),
+            "sensor_eval_in_process_s": round(eval_s, 3),
+            "run_requests_in_tick": requested,
+            "code_server_heartbeat_timeouts": log_text.count("No heartbeat received"),
+        },
+    }
+
+
+def _evaluate_in_process(spec: dict) -> tuple[float, int]:
+    """The sensor function alone, on an empty in-memory instance: reading, hashing, requests."""
+    from dagster import DagsterInstance, SensorResult, build_sensor_context
+
+    from fanout_dagster.resources.catalog import ObjectCatalog
+    from fanout_dagster.sensors import object_configs_sensor
+
+    with DagsterInstance.ephemeral() as instance:
+        catalog = ObjectCatalog(configs_dir=spec["configs"], data_root=spec["data_root"])
+        context = build_sensor_context(instance=instance, resources={"catalog": catalog})
+        started = time.perf_counter()
+        result = object_configs_sensor(context)
+        elapsed = time.perf_counter() - started
+    requested = len(result.run_requests or []) if isinstance(result, SensorResult) else 0
+    return elapsed, requested
+
+
+def _first_tick(instance, InstigatorType):
+    states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    for state in states:
+        if state.name == SENSOR_NAME:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10)
+            return ticks[-1] if ticks else None
+    return None

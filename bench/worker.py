@@ -1,0 +1,49 @@
+"""One measurement, in a fresh process: `python -m bench.worker SPEC.json`.
+
+The orchestrator (bench.cli) starts this process under `proc.run_measured`, so
+its wall and the CPU of its whole process tree are accounted for; this process
+writes what only it can see (per-object timeline, mode-specific extras) to the
+spec's `out` file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--single":
+        from bench.spark_modes import run_single
+
+        run_single(*argv[1:4])
+        return 0
+    spec = json.loads(Path(argv[0]).read_text())
+    mode = spec["mode"]
+    try:
+        if mode == "floor":
+            from bench.spark_modes import run_floor as run
+        elif mode == "per_process":
+            from bench.spark_modes import run_per_process as run
+        elif mode in ("per_run", "packed", "per_run_tuned", "packed_tuned"):
+            from bench.dagster_modes import run_dagster as run
+        elif mode.startswith("databricks_"):
+            from bench.databricks import run_databricks as run
+        elif mode == "scale_sensor_first_tick":
+            from bench.scale import run_sensor_tick as run
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+        result = run(spec)
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        Path(spec["out"]).write_text(json.dumps(result, default=str))
+        print(result["traceback"], file=sys.stderr)
+        return 1
+    Path(spec["out"]).write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
