@@ -136,9 +136,6 @@ def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | Non
     import matplotlib.pyplot as plt
 
     modes = [m for m in MODE_ORDER if m in timelines] + [m for m in timelines if m not in MODE_ORDER]
-    horizon = max(
-        max([o["end"] for o in t["timeline"]] + [r["end"] or 0 for r in t["runs"]]) - t["t0"] for t in timelines.values()
-    )
     height = sum(2.0 + 0.035 * len(timelines[m]["timeline"]) for m in modes)
     fig, axes = plt.subplots(len(modes), 1, figsize=(13, max(4.0, height)), squeeze=False,
                              gridspec_kw={"height_ratios": [max(1, len(timelines[m]["timeline"])) for m in modes]})
@@ -174,7 +171,9 @@ def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | Non
                     color=colour if ok else "white", edgecolor=None if ok else "black",
                     hatch=None if ok else "xxx", zorder=2)
         wall = data.get("wall_s")
-        ax.set_title(f"{mode}: {len(objects)} objects, {len(data['runs'])} run(s), wall {wall:.1f} s", loc="left", fontsize=10)
+        ax.set_title(f"{mode}: {len(objects)} objects, {len(data['runs'])} run(s), wall {wall:.1f} s "
+                     "(own time axis)", loc="left", fontsize=10)
+        horizon = max([o["end"] for o in objects] + [r["end"] or 0 for r in data["runs"]]) - t0
         ax.set_xlim(0, horizon * 1.02)
         ax.set_ylim(len(objects) - 0.5 + 0.5, -1)
         ax.set_yticks([])
