@@ -2,11 +2,12 @@
 
 Each tick reads the configs folder and
 - adds a partition for every new valid object;
-- requests a run for every object whose config content hash differs from the
+- requests a run (or a packed run, `objects_per_run`) for every object whose config content hash differs from the
   one it last ran (new or changed); an unchanged config never re-runs. The
   run key is key + generation + hash: the generation counts the object's
   config changes, so a config changed A -> B -> A runs again (Dagster skips
   run keys a sensor has used before), while a repeated tick never does;
+- creates at most `max_runs_per_tick` runs; the rest wait for the next tick;
 - records each object's cluster for the run coordinator (placement.py);
 - reports every invalid file with its field, without holding back the valid
   objects.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 
 from dagster import (
     AssetSelection,
@@ -35,11 +37,14 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from fanout_dagster.objects import ObjectConfig
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME, objects_partitions
+from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters
 from fanout_dagster.resources.catalog import ObjectCatalog
 
 CONFIG_HASH_TAG = "fanout/config_hash"
+# Enough to keep the run queue busy between ticks (it runs a handful at a
+# time), small enough that a tick takes seconds, not minutes, at 10k objects.
+DEFAULT_MAX_RUNS_PER_TICK = 100
 
 
 def run_request_for(obj: ObjectConfig, generation: int = 1) -> RunRequest:
@@ -72,41 +77,47 @@ def pack_request_for(pack: list[ObjectConfig], generations: dict[str, int]) -> R
 
 
 def plan_run_requests(
-    new_in_order: list[ObjectConfig],
-    to_run: list[ObjectConfig],
+    partition_order: Sequence[str],
+    to_run: Mapping[str, ObjectConfig],
     objects_per_run: int,
-    generations: dict[str, int] | None = None,
-) -> list[RunRequest]:
-    """Packs for new objects, a run each for changed ones.
+    generations: Mapping[str, int] | None = None,
+    max_requests: int | None = None,
+) -> tuple[list[RunRequest], list[ObjectConfig]]:
+    """Run requests for the objects in `to_run`; returns them and the objects they cover.
 
-    New partitions are added as one block in `new_in_order`, so consecutive new
-    objects form a range Dagster can run as one multi-partition run. A pack
-    ends at a cluster change, at `objects_per_run`, or at a new key that needs
-    no run (the range must not cover it). Changed objects sit anywhere in the
-    partition list, so each gets its own run.
+    A packed run covers a contiguous range of partitions, so packs are cut
+    along the partition order: consecutive objects that need a run and share a
+    cluster go together, up to `objects_per_run`; a key that needs no run ends
+    the pack (the range must not cover it). New objects are added as one block,
+    so they pack well; changed ones pack with their neighbours when those
+    changed too. At most `max_requests` requests: the rest wait for a later tick.
     """
     generations = generations or {}
-    needs_run = {obj.key for obj in to_run}
-    new_keys = {obj.key for obj in new_in_order}
     requests: list[RunRequest] = []
+    covered: list[ObjectConfig] = []
     pack: list[ObjectConfig] = []
-    for obj in new_in_order:
-        if pack and (
-            obj.cluster != pack[0].cluster or len(pack) >= objects_per_run or obj.key not in needs_run
-        ):
+
+    def close_pack() -> None:
+        if pack:
             requests.append(pack_request_for(pack, generations))
-            pack = []
-        if obj.key in needs_run:
+            covered.extend(pack)
+            pack.clear()
+
+    for key in partition_order:
+        obj = to_run.get(key)
+        if pack and (obj is None or obj.cluster != pack[0].cluster or len(pack) >= objects_per_run):
+            close_pack()
+            if max_requests is not None and len(requests) >= max_requests:
+                break
+        if obj is not None:
             pack.append(obj)
-    if pack:
-        requests.append(pack_request_for(pack, generations))
-    requests.extend(
-        run_request_for(obj, generations.get(obj.key, 1)) for obj in to_run if obj.key not in new_keys
-    )
-    return requests
+    close_pack()  # empty after a break
+    return requests, covered
 
 
-def build_object_sensor(objects_per_run: int = 1) -> SensorDefinition:
+def build_object_sensor(
+    objects_per_run: int = 1, max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK
+) -> SensorDefinition:
     @sensor(
         name="object_configs_sensor",
         asset_selection=AssetSelection.assets("bronze"),
@@ -115,25 +126,39 @@ def build_object_sensor(objects_per_run: int = 1) -> SensorDefinition:
         description="Adds a partition per object config and runs new or changed objects.",
     )
     def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatalog):
-        return evaluate(context, catalog, objects_per_run)
+        return evaluate(context, catalog, objects_per_run, max_runs_per_tick)
 
     return object_configs_sensor
 
 
-def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_per_run: int):
+def evaluate(
+    context: SensorEvaluationContext,
+    catalog: ObjectCatalog,
+    objects_per_run: int,
+    max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK,
+):
     load = catalog.load()
     for error in load.errors:
         context.log.error(f"invalid object config: {error}")
 
     ran = _read_cursor(context.cursor)  # key -> (config hash last run, generation)
-    existing = set(context.instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
+    instance = context.instance
+    existing = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
     # New partitions go in grouped by cluster, so the contiguous ranges a
     # packed backfill takes tend to stay on one cluster.
     ordered = sorted(load.objects, key=lambda obj: (obj.cluster, obj.key))
-    new_objects = [obj for obj in ordered if obj.key not in existing]
-    new_keys = [obj.key for obj in new_objects]
-    to_run = [obj for obj in ordered if ran.get(obj.key, ("", 0))[0] != obj.config_hash]
-    generations = {obj.key: ran.get(obj.key, ("", 0))[1] + 1 for obj in to_run}
+    existing_keys = set(existing)
+    new_keys = [obj.key for obj in ordered if obj.key not in existing_keys]
+    if new_keys:
+        # Added here in one insert rather than returned as a
+        # DynamicPartitionsRequest: the sensor daemon checks a request's keys
+        # one query at a time (~2 ms each on SQLite, 20 s for 10,000 keys),
+        # and adding them up front also holds if the tick fails later on.
+        instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, new_keys)
+        context.log.info(f"added {len(new_keys)} partition(s): {_some(new_keys)}")
+
+    to_run = {obj.key: obj for obj in ordered if ran.get(obj.key, ("", 0))[0] != obj.config_hash}
+    generations = {key: ran.get(key, ("", 0))[1] + 1 for key in to_run}
 
     # Keys the sensor ran before that have no valid config now: removed, or
     # their file is invalid at the moment (an unparseable file hides which).
@@ -144,25 +169,38 @@ def evaluate(context: SensorEvaluationContext, catalog: ObjectCatalog, objects_p
             "Its partition and bronze table are kept."
         )
 
-    record_clusters(context.instance, {obj.key: obj.cluster for obj in to_run})
+    requests, covered = plan_run_requests(
+        [*existing, *new_keys], to_run, objects_per_run, generations, max_runs_per_tick
+    )
+    waiting = len(to_run) - len(covered)
+    if waiting:
+        # A tick that creates thousands of runs takes minutes and holds the
+        # sensor daemon; the queue runs only a few at a time anyway. Objects
+        # left out stay out of the cursor, so the next tick picks them up.
+        context.log.info(f"{waiting} object(s) wait for a later tick ({max_runs_per_tick} runs per tick)")
+    record_clusters(instance, {obj.key: obj.cluster for obj in covered})
     # Hashes are never dropped from the cursor, so an object whose file was
     # broken for a while does not re-run once the file is fixed, unless its
     # own config changed.
-    cursor = {**ran, **{obj.key: (obj.config_hash, generations[obj.key]) for obj in to_run}}
+    cursor = {**ran, **{obj.key: (obj.config_hash, generations[obj.key]) for obj in covered}}
 
-    if not new_keys and not to_run:
+    if not requests:
         summary = f"{len(load.objects)} object(s) up to date"
+        if new_keys:
+            summary = f"added {len(new_keys)} partition(s); " + summary
         if load.errors:
             summary += f"; {len(load.errors)} config error(s) in {', '.join(load.invalid_files)}"
         return SkipReason(summary)
 
     return SensorResult(
-        run_requests=plan_run_requests(new_objects, to_run, objects_per_run, generations),
-        dynamic_partitions_requests=(
-            [objects_partitions.build_add_request(new_keys)] if new_keys else []
-        ),
+        run_requests=requests,
         cursor=json.dumps({key: list(value) for key, value in cursor.items()}, sort_keys=True),
     )
+
+
+def _some(keys: Sequence[str], shown: int = 10) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _read_cursor(cursor: str | None) -> dict[str, tuple[str, int]]:

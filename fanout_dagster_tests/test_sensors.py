@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import pytest
 import yaml
 from dagster import SensorResult, SkipReason, build_sensor_context
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from fanout_dagster.ingest import ingest_object
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, record_clusters, recorded_clusters
-from fanout_dagster.sensors import object_configs_sensor
+from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters, recorded_clusters
+from fanout_dagster.sensors import build_object_sensor, object_configs_sensor
 from fanout_dagster.tables import ParquetTableWriter
 from fanout_dagster_tests.helpers import ListHandler, instance, replace_once, tree_snapshot  # noqa: F401
 
@@ -30,9 +32,11 @@ target:
 
 
 class Tick:
-    def __init__(self, result, logs: ListHandler):
+    def __init__(self, result, logs: ListHandler, added_partitions: list[str]):
         self.result = result
         self.logs = logs
+        # The sensor adds new partitions itself, in one insert.
+        self.added_partitions = added_partitions
 
     @property
     def skipped(self) -> bool:
@@ -46,31 +50,22 @@ class Tick:
     def cursor(self):
         return None if self.skipped else self.result.cursor
 
-    @property
-    def added_partitions(self) -> list[str]:
-        if self.skipped:
-            return []
-        keys = []
-        for request in self.result.dynamic_partitions_requests:
-            assert request.partitions_def_name == OBJECTS_PARTITIONS_NAME
-            keys.extend(request.partition_keys)
-        return keys
 
-
-def tick(instance, project, cursor=None) -> Tick:
-    """One sensor evaluation; its partition requests are then applied to the instance,
-    as the sensor daemon does."""
+def tick(instance, project, cursor=None, sensor=object_configs_sensor) -> Tick:
+    """One sensor evaluation against the instance, as the sensor daemon runs it."""
+    before = partitions(instance)
     context = build_sensor_context(
         instance=instance, cursor=cursor, resources={"catalog": project.catalog()}
     )
     logs = ListHandler()
     context.log.addHandler(logs)
-    result = object_configs_sensor(context)
+    result = sensor(context)
     assert isinstance(result, (SensorResult, SkipReason)), result
-    outcome = Tick(result, logs)
-    if outcome.added_partitions:
-        instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, outcome.added_partitions)
-    return outcome
+    if isinstance(result, SensorResult):
+        assert not result.dynamic_partitions_requests
+    after = partitions(instance)
+    assert after[: len(before)] == before, "existing partitions keep their order"
+    return Tick(result, logs, after[len(before):])
 
 
 def partitions(instance) -> list[str]:
@@ -214,3 +209,73 @@ def test_record_and_read_back_clusters_through_the_instance(instance):
     assert recorded_clusters(instance, ["erp-orders"]) == {"erp-orders": "light"}
     record_clusters(instance, {})  # no-op
     assert recorded_clusters(instance, []) == {}
+
+
+def covered_keys(request, order: list[str]) -> list[str]:
+    """The partitions a run request covers: one key, or a range of the partition order."""
+    if request.partition_key:
+        return [request.partition_key]
+    start = order.index(request.tags[ASSET_PARTITION_RANGE_START_TAG])
+    end = order.index(request.tags[ASSET_PARTITION_RANGE_END_TAG])
+    return order[start : end + 1]
+
+
+def test_packed_sensor_requests_contiguous_single_cluster_ranges(instance, project):
+    objects = load_objects(project.configs).by_key()
+    first = tick(instance, project, sensor=build_object_sensor(objects_per_run=4))
+    order = partitions(instance)
+
+    packs = [covered_keys(r, order) for r in first.run_requests]
+    assert sorted(k for pack in packs for k in pack) == project.keys  # each object once
+    for request, pack in zip(first.run_requests, packs):
+        assert 1 <= len(pack) <= 4
+        assert {objects[k].cluster for k in pack} == {request.tags[CLUSTER_TAG]}
+        # The run coordinator and the remote step read the keys from this tag.
+        assert request.tags[OBJECTS_TAG].split(",") == pack
+    # Full packs of 4 per cluster, then the remainder.
+    per_cluster = Counter(obj.cluster for obj in objects.values())
+    expected = [4] * sum(n // 4 for n in per_cluster.values()) + [n % 4 for n in per_cluster.values() if n % 4]
+    assert sorted(len(p) for p in packs) == sorted(expected)
+
+
+def test_a_tick_creates_at_most_max_runs_and_the_rest_follow(instance, project):
+    sensor = build_object_sensor(objects_per_run=2, max_runs_per_tick=3)
+    first = tick(instance, project, sensor=sensor)
+    # Every partition is there from the first tick: the backlog is visible at once.
+    assert sorted(first.added_partitions) == project.keys
+    order = partitions(instance)
+    assert len(first.run_requests) == 3
+    assert any("wait for a later tick" in m for m in first.logs.messages(logging.INFO))
+
+    requested, cursor, ticks = [], first.cursor, [first]
+    while not ticks[-1].skipped:
+        requested += [k for r in ticks[-1].run_requests for k in covered_keys(r, order)]
+        assert len(ticks[-1].run_requests) <= 3
+        ticks.append(tick(instance, project, cursor=cursor, sensor=sensor))
+        cursor = ticks[-1].cursor or cursor
+        assert len(ticks) < 10
+    # Each object requested exactly once over the ticks, and packs stayed packs.
+    assert sorted(requested) == project.keys
+    per_cluster = Counter(o.cluster for o in load_objects(project.configs).objects)
+    assert sum(len(t.run_requests) for t in ticks) == sum(-(-n // 2) for n in per_cluster.values())
+    assert ticks[-1].added_partitions == []
+
+
+def test_changed_neighbours_are_packed_together(instance, project):
+    sensor = build_object_sensor(objects_per_run=4)
+    first = tick(instance, project, sensor=sensor)
+    order = partitions(instance)
+    erp = project.configs / "erp.yaml"
+    document = yaml.safe_load(erp.read_text())
+    by_key = {f"erp-{o['name']}": o for o in document}
+    # Two objects next to each other in the partition order, and one apart.
+    default_erp = [k for k in order if k in by_key and by_key[k].get("cluster", "default") == "default"]
+    i = order.index(default_erp[0])
+    neighbours = [order[i], order[i + 1]]
+    assert all(k in by_key for k in neighbours), order
+    for key in neighbours:
+        by_key[key]["source"]["options"]["inferSchema"] = True
+    erp.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    second = tick(instance, project, cursor=first.cursor, sensor=sensor)
+    assert [covered_keys(r, order) for r in second.run_requests] == [neighbours]
