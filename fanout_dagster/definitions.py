@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, ResourceDefinition
+from dagster import Definitions, ResourceDefinition, in_process_executor
 
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.resources.catalog import ObjectCatalog
 from fanout_dagster.resources.spark import LocalSparkResource
 from fanout_dagster.resources.warehouse import BronzeWarehouse
-from fanout_dagster.sensors import build_object_sensor
+from fanout_dagster.sensors import DEFAULT_MAX_RUNS_PER_TICK, build_object_sensor
 
 TARGETS = ("local", "databricks")
 
@@ -60,9 +60,21 @@ def build_definitions(target: str | None = None) -> Definitions:
         objects_per_run=objects_per_run,
         threads_per_run=_env_int("FANOUT_THREADS_PER_RUN", 4),
     )
-    sensor = build_object_sensor(objects_per_run=objects_per_run)
+    sensor = build_object_sensor(
+        objects_per_run=objects_per_run,
+        max_runs_per_tick=_env_int("FANOUT_MAX_RUNS_PER_TICK", DEFAULT_MAX_RUNS_PER_TICK),
+    )
     resources = local_resources() if target == "local" else databricks_resources()
-    return Definitions(assets=[bronze], sensors=[sensor], resources=resources)
+    return Definitions(
+        assets=[bronze],
+        sensors=[sensor],
+        resources=resources,
+        # A bronze run has one step. The default multiprocess executor would
+        # start a second Python process (and import Dagster and this code
+        # again) to run it: seconds of CPU per run for nothing. The step
+        # launcher works the same under either executor.
+        executor=in_process_executor,
+    )
 
 
 defs = build_definitions()
