@@ -28,8 +28,7 @@ from bench.data import write_objects, write_scale_configs
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OBJECTS = (10, 60, 240)
 MODES = ("floor", "per_process", "per_run", "packed")
-OPTIONAL_MODES = ("per_run_tuned", "packed_tuned")  # what-ifs, see bench/dagster_modes.py
-DAGSTER_MODES = ("per_run", "packed", "per_run_tuned", "packed_tuned", "databricks_per_run", "databricks_packed")
+DAGSTER_MODES = ("per_run", "packed", "databricks_per_run", "databricks_packed")
 CONTENDED_CORES = 0.25  # background CPU (cores) above which a measurement is flagged
 PACKED_TARGET_RATIO = 1.5
 PACKED_TARGET_N = 60
@@ -44,8 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "vs the product (a Dagster run per object, or packed runs).",
     )
     p.add_argument("--objects", help="comma-separated N values (default: 10,60,240)")
-    p.add_argument("--modes", help=f"comma-separated, from {','.join(MODES)} (default: all) and the "
-                   f"what-ifs {','.join(OPTIONAL_MODES)}")
+    p.add_argument("--modes", help=f"comma-separated, from {','.join(MODES)} (default: all)")
     p.add_argument("--rows", type=int, default=2000, help="rows per object CSV (default 2000)")
     p.add_argument("--pack-size", type=int, default=0,
                    help="K objects per packed run (default: ceil(N / concurrency), at most 60)")
@@ -58,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measure per_process up to this N and extrapolate (linear fit) above it; "
                    "0 = measure every N (default 60)")
     p.add_argument("--max-n-per-run", type=int, default=60,
-                   help="same for per_run (and per_run_tuned): a run per object at N=240 takes most "
+                   help="same for per_run: a run per object at N=240 takes most "
                    "of an hour on 2 cores (default 60; 0 = measure every N)")
     p.add_argument("--timeline-n", type=int, default=PACKED_TARGET_N,
                    help="N whose per-object timeline is drawn (default 60, else the nearest measured)")
@@ -95,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.objects_list = _ints(args.objects) if args.objects else list(DEFAULT_OBJECTS)
     args.modes_list = [m.strip() for m in args.modes.split(",")] if args.modes else list(MODES)
     for mode in args.modes_list:
-        if mode not in MODES + OPTIONAL_MODES:
-            p.error(f"unknown mode {mode!r}; choose from {', '.join(MODES + OPTIONAL_MODES)}")
+        if mode not in MODES:
+            p.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     args.databricks_objects_list = (
         _ints(args.databricks_objects) if args.databricks_objects else (args.objects_list if args.objects else [10])
     )
@@ -194,7 +192,7 @@ class Bench:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        packed = mode in ("packed", "packed_tuned", "databricks_packed")
+        packed = mode in ("packed", "databricks_packed")
         spec = {
             "mode": mode,
             "objects": n,
@@ -310,8 +308,7 @@ class Bench:
 
     def main_section(self) -> None:
         args = self.args
-        caps = {"per_process": args.max_n_per_process, "per_run": args.max_n_per_run,
-                "per_run_tuned": args.max_n_per_run}
+        caps = {"per_process": args.max_n_per_process, "per_run": args.max_n_per_run}
         for n in args.objects_list:
             configs, data = self.data_for(n)
             for mode in args.modes_list:
@@ -352,7 +349,7 @@ class Bench:
                 "cpu_s": _round(cpu),
                 "ratio_to_floor": None,
                 "per_object_overhead_s": None,
-                "runs": n if mode in ("per_process", "per_run", "per_run_tuned") else None,
+                "runs": n if mode in ("per_process", "per_run") else None,
                 "started_at": None,
                 "extrapolated": True,
                 "extrapolated_from": xs,

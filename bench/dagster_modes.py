@@ -42,15 +42,6 @@ BACKFILL_LOOP_S = 30.0  # dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SEC
 SENSOR_NAME = "object_configs_sensor"
 LOCATION_NAME = "fanout_dagster"
 
-# The `_tuned` variants: product settings the benchmark can change from the
-# outside, to show what they are worth (not what the product ships):
-# - run the step in the run worker (in_process executor) instead of a second
-#   Python process (the default multiprocess executor), set through the
-#   backfill's run config as the UI's launch dialog can;
-# - the run queue checked every second instead of every 5 s (dagster.yaml).
-TUNED_RUN_CONFIG = {"execution": {"config": {"in_process": {}}}}
-TUNED_COORDINATOR = {"dequeue_interval_seconds": 1}
-
 STOP_SENSOR = """
 mutation($jobOriginId: String, $jobSelectorId: String) {
   stopSensor(jobOriginId: $jobOriginId, jobSelectorId: $jobSelectorId) {
@@ -74,12 +65,10 @@ mutation($backfillParams: LaunchBackfillParams!) {
 """
 
 
-def write_instance(home: Path, concurrency: int, coordinator_config: dict | None = None) -> Path:
+def write_instance(home: Path, concurrency: int) -> Path:
     """dagster.yaml (the repo's, run limits set to `concurrency`) and workspace.yaml."""
     home.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    if coordinator_config:
-        config["run_coordinator"] = {**config["run_coordinator"], "config": dict(coordinator_config)}
     runs = config.setdefault("concurrency", {}).setdefault("runs", {})
     runs["max_concurrent_runs"] = concurrency
     limits = runs.setdefault("tag_concurrency_limits", [])
@@ -144,7 +133,7 @@ def stop_sensor(request_context) -> str:
     raise RuntimeError(f"sensor {SENSOR_NAME} not found in code location {LOCATION_NAME}")
 
 
-def launch_backfill(request_context, keys: list[str], run_config: dict | None = None) -> str:
+def launch_backfill(request_context, keys: list[str]) -> str:
     """The UI's 'Materialize' -> partitions dialog -> 'Launch backfill' for the bronze asset."""
     params = {
         "tags": [],
@@ -152,8 +141,6 @@ def launch_backfill(request_context, keys: list[str], run_config: dict | None = 
         "partitionNames": keys,
         "fromFailure": False,
     }
-    if run_config:
-        params["runConfigData"] = run_config
     data = _gql(request_context, LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
     if data["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"launchPartitionBackfill failed: {data}")
@@ -231,8 +218,7 @@ def run_dagster(spec: dict) -> dict:
     from dagster._core.workspace.load_target import WorkspaceFileTarget
 
     home = Path(os.environ["DAGSTER_HOME"])
-    tuned = spec["mode"].endswith("_tuned")
-    workspace = write_instance(home, spec["concurrency"], TUNED_COORDINATOR if tuned else None)
+    workspace = write_instance(home, spec["concurrency"])
     workdir = Path(spec["workdir"])
     t_launch = spec["t_launch"]
     instance = DagsterInstance.get()
@@ -246,9 +232,7 @@ def run_dagster(spec: dict) -> dict:
             t_ready = daemon.wait_ready(instance)
             last_iteration = _wait_submit_phase(daemon)
             t_submit = time.time()
-            backfill_id = launch_backfill(
-                process_context.create_request_context(), keys, TUNED_RUN_CONFIG if tuned else None
-            )
+            backfill_id = launch_backfill(process_context.create_request_context(), keys)
         except BaseException:
             daemon.stop()
             raise
@@ -386,8 +370,6 @@ def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, 
             "objects_per_run": spec["pack_size"],
             "threads_per_run": spec["threads"],
             "sensor_status_before_daemon": sensor_status,
-            "tuning": {"run_coordinator": TUNED_COORDINATOR, "run_config": TUNED_RUN_CONFIG}
-            if spec["mode"].endswith("_tuned") else None,
         },
     }
 

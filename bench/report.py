@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODE_ORDER = ["floor", "per_process", "per_run", "packed", "per_run_tuned", "packed_tuned",
-              "databricks_per_run", "databricks_packed",
+MODE_ORDER = ["floor", "per_process", "per_run", "packed", "databricks_per_run", "databricks_packed",
               "scale_definitions_load", "scale_sensor_first_tick"]
 
 MODE_BLURB = {
@@ -14,9 +13,6 @@ MODE_BLURB = {
     "per_process": "a fresh Python + Spark process per object, C at a time",
     "per_run": "Dagster: one backfill, one run per object (FANOUT_OBJECTS_PER_RUN=1)",
     "packed": "Dagster: one backfill, K objects per run (FANOUT_OBJECTS_PER_RUN=K, T threads)",
-    "per_run_tuned": "what-if: per_run with the step in the run worker (in_process executor, via the "
-    "backfill's run config) and the run queue checked every 1 s instead of 5 s (dagster.yaml)",
-    "packed_tuned": "what-if: packed with the same two settings as per_run_tuned",
     "databricks_per_run": "Dagster + Databricks emulator: one remote run per object",
     "databricks_packed": "Dagster + Databricks emulator: K objects per remote run",
 }

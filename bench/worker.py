@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
             from bench.spark_modes import run_floor as run
         elif mode == "per_process":
             from bench.spark_modes import run_per_process as run
-        elif mode in ("per_run", "packed", "per_run_tuned", "packed_tuned"):
+        elif mode in ("per_run", "packed"):
             from bench.dagster_modes import run_dagster as run
         elif mode.startswith("databricks_"):
             from bench.databricks import run_databricks as run
