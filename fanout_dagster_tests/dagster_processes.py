@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus
@@ -20,6 +21,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunRecord
 from fanout_dagster_tests.conftest import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
 
 
 def write_dagster_home(home: Path, *, max_concurrent_runs: int | None = None,
@@ -75,12 +77,19 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
         process.wait()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 1.0,
-             on_timeout: Callable[[], str] | None = None) -> None:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 1.0,
+             on_timeout: Callable[[], str] | None = None,
+             on_poll: Callable[[], None] | None = None) -> T:
+    """Poll until condition() is truthy and return its value; on_poll runs before each try."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
+    while True:
+        if on_poll:
+            on_poll()
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
         time.sleep(interval)
     detail = on_timeout() if on_timeout else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
