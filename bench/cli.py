@@ -250,7 +250,7 @@ class Bench:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         print(f"> {mode} N={spec['objects']}"
               + (f" (waited {waited:.0f} s for a quiet machine)" if waited > 6 else "")
-              + f" ... ", end="", flush=True)
+              + " ... ", end="", flush=True)
         spec["t_launch"] = time.time()
         spec_path = Path(spec["workdir"]) / "spec.json"
         spec_path.write_text(json.dumps(spec))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from fanout_dagster.devtools.databricks_emulator import run_emulator
 from fanout_dagster.objects import load_objects

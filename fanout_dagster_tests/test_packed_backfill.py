@@ -10,26 +10,29 @@ records, the event log, and the GraphQL views the UI renders).
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
-from dagster._core.storage.dagster_run import RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
 from fanout_dagster.ingest import resolve_source_files
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters
+from fanout_dagster.placement import CLUSTER_TAG, record_clusters
 from fanout_dagster_tests.dagster_processes import (
+    assert_packed,
+    backfill_runs,
     configured_limits,
     dagster_daemon,
+    describe_runs,
     max_overlap,
+    peak_overlap,
+    run_keys,
     wait_for,
     write_dagster_home,
 )
@@ -116,18 +119,18 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
             assert backfill_status(gql, first)["numPartitions"] == len(keys)
 
             with dagster_daemon(home, env, daemon_log):
-                wait_backfill(instance, first, timeout=540, on_timeout=lambda: describe(instance) + logs())
+                wait_backfill(instance, first, timeout=540, on_timeout=lambda: describe_runs(instance) + logs())
                 timings["first backfill done"] = time.monotonic() - t0
 
                 # 3. What the first backfill did.
                 first_runs = backfill_runs(instance, first)
-                assert_packed(first_runs, keys, clusters, describe(instance))
+                assert_packed(first_runs, keys, clusters, OBJECTS_PER_RUN, describe_runs(instance))
                 by_key = {key: rec for rec in first_runs for key in run_keys(rec)}
                 for rec in first_runs:
                     expected = (
                         DagsterRunStatus.FAILURE if BROKEN in run_keys(rec) else DagsterRunStatus.SUCCESS
                     )
-                    assert rec.dagster_run.status == expected, describe(instance)
+                    assert rec.dagster_run.status == expected, describe_runs(instance)
 
                 assert instance.get_materialized_partitions(BRONZE) == healthy
 
@@ -177,11 +180,11 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
                 assert {"key": PARENT_BACKFILL_ID_TAG, "value": first} in retry_view["tags"]
                 assert retry_view["assetBackfillData"]["rootTargetedPartitions"]["partitionKeys"] == [BROKEN]
 
-                wait_backfill(instance, second, timeout=300, on_timeout=lambda: describe(instance) + logs())
+                wait_backfill(instance, second, timeout=300, on_timeout=lambda: describe_runs(instance) + logs())
                 timings["re-execution done"] = time.monotonic() - t0
 
                 second_runs = backfill_runs(instance, second)
-                assert [run_keys(rec) for rec in second_runs] == [[BROKEN]], describe(instance)
+                assert [run_keys(rec) for rec in second_runs] == [[BROKEN]], describe_runs(instance)
                 assert second_runs[0].dagster_run.status == DagsterRunStatus.SUCCESS
                 assert second_runs[0].dagster_run.tags.get(CLUSTER_TAG) == clusters[BROKEN]
 
@@ -202,27 +205,27 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
         assert {rec.dagster_run.tags.get(BACKFILL_ID_TAG) for rec in records} == {first, second}
         assert len(records) == len(first_runs) + len(second_runs)
         overall = max_overlap(records)
-        assert 2 <= overall <= global_limit, describe(instance)
+        assert 2 <= overall <= global_limit, describe_runs(instance)
         for cluster, limit in cluster_limits.items():
-            assert max_overlap(records, (CLUSTER_TAG, cluster)) <= limit, describe(instance)
+            assert max_overlap(records, (CLUSTER_TAG, cluster)) <= limit, describe_runs(instance)
 
         loads = object_intervals(instance)
         assert set(loads) == set(keys), "a timed materialization for every object"
         per_run: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for run_id, start, end in loads.values():
             per_run[run_id].append((start, end))
-        run_peaks = {run_id: peak(intervals) for run_id, intervals in per_run.items()}
+        run_peaks = {run_id: peak_overlap(intervals) for run_id, intervals in per_run.items()}
         assert max(run_peaks.values()) <= THREADS_PER_RUN, run_peaks
         # The threads really did overlap inside a pack (not one at a time).
         assert max(run_peaks.values()) == THREADS_PER_RUN, run_peaks
         everything = [(start, end) for _, start, end in loads.values()]
-        assert peak(everything) <= global_limit * THREADS_PER_RUN
+        assert peak_overlap(everything) <= global_limit * THREADS_PER_RUN
 
         timings["total"] = time.monotonic() - t0
         print(
-            "\n" + describe(instance)
+            "\n" + describe_runs(instance)
             + f"\nrun overlap {overall}, object overlap per run {sorted(run_peaks.values())}, "
-            f"overall {peak(everything)}\n"
+            f"overall {peak_overlap(everything)}\n"
             + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
         )
 
@@ -237,29 +240,6 @@ def wait_backfill(instance: DagsterInstance, backfill_id: str, timeout: float, o
 
     wait_for(done, timeout=timeout, what=f"backfill {backfill_id} to finish", on_timeout=on_timeout)
     return instance.get_backfill(backfill_id).status
-
-
-def backfill_runs(instance: DagsterInstance, backfill_id: str) -> list[RunRecord]:
-    records = instance.get_run_records(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
-    return sorted(records, key=lambda rec: rec.create_timestamp)
-
-
-def run_keys(record: RunRecord) -> list[str]:
-    return record.dagster_run.tags[OBJECTS_TAG].split(",")
-
-
-def assert_packed(runs: list[RunRecord], keys: list[str], clusters: dict[str, str], detail: str) -> None:
-    """At most OBJECTS_PER_RUN objects a run, each object in exactly one run, far fewer runs."""
-    assert len(runs) == math.ceil(len(keys) / OBJECTS_PER_RUN), detail
-    packed = [key for rec in runs for key in run_keys(rec)]
-    assert sorted(packed) == sorted(keys), detail
-    for rec in runs:
-        pack = run_keys(rec)
-        assert 1 <= len(pack) <= OBJECTS_PER_RUN, detail
-        # Contiguous in partition order, and on the cluster of its objects.
-        first = keys.index(pack[0])
-        assert pack == keys[first : first + len(pack)], detail
-        assert {clusters[key] for key in pack} == {rec.dagster_run.tags[CLUSTER_TAG]}, detail
 
 
 def object_intervals(instance: DagsterInstance) -> dict[str, tuple[str, float, float]]:
@@ -279,27 +259,3 @@ def object_intervals(instance: DagsterInstance) -> dict[str, tuple[str, float, f
             start = end - metadata["duration_s"].value
         latest[record.partition_key] = (record.run_id, start, end)
     return latest
-
-
-def peak(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals open at one instant (an end at t sorts before a start at t)."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    current = best = 0
-    for _, delta in events:
-        current += delta
-        best = max(best, current)
-    return best
-
-
-def describe(instance: DagsterInstance) -> str:
-    lines = []
-    for rec in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
-        run = rec.dagster_run
-        span = (
-            f"{rec.start_time:.1f}-{rec.end_time:.1f}" if rec.start_time and rec.end_time else "-"
-        )
-        lines.append(
-            f"{run.run_id[:8]} {run.status.value:8} backfill={run.tags.get(BACKFILL_ID_TAG, '-')} "
-            f"cluster={run.tags.get(CLUSTER_TAG, '-')} {span} objects={run.tags.get(OBJECTS_TAG, '')}"
-        )
-    return "\n".join(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import pytest
 import yaml
 from dagster import SensorResult, SkipReason, build_sensor_context
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG

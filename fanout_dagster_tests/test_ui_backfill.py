@@ -35,8 +35,12 @@ from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster.sensors import object_configs_sensor
 from fanout_dagster_tests.conftest import REPO_ROOT
 from fanout_dagster_tests.dagster_processes import (
+    assert_packed,
+    backfill_runs,
     configured_limits,
+    describe_runs,
     max_overlap,
+    run_keys,
     wait_for,
     write_dagster_home,
 )
@@ -210,10 +214,10 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 # 4. Watch the queue until every object is materialized.
                 def backfill_done() -> bool:
                     done = instance.get_materialized_partitions(BRONZE) >= sample_keys
-                    runs = backfill_runs(instance, backfill_id)
+                    runs = [rec.dagster_run for rec in backfill_runs(instance, backfill_id)]
                     failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS
                               and r.status in FINISHED_STATUSES]
-                    assert not failed, f"backfill runs failed:\n{describe(instance)}"
+                    assert not failed, f"backfill runs failed:\n{describe_runs(instance)}"
                     return done and runs and all(r.status in FINISHED_STATUSES for r in runs)
 
                 wait_for(
@@ -268,8 +272,8 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 expect(page.get_by_text("fanout/cluster: default").first).to_be_visible()
                 screenshot(page, "05-backfill-runs")
                 # A run of two objects: its page, as a user opens it from the backfill.
-                pack = next(r for r in backfill_runs(instance, backfill_id)
-                            if "," in r.tags[OBJECTS_TAG])
+                pack = next(rec.dagster_run for rec in backfill_runs(instance, backfill_id)
+                            if len(run_keys(rec)) > 1)
                 page.get_by_role("link", name=pack.run_id[:8]).first.click()
                 expect(page.get_by_text(pack.run_id[:8]).first).to_be_visible()
                 expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
@@ -318,53 +322,23 @@ def sensor_ticks(instance) -> list:
     return []
 
 
-def backfill_runs(instance, backfill_id: str) -> list:
-    return [
-        record.dagster_run
-        for record in instance.get_run_records()
-        if record.dagster_run.tags.get(BACKFILL_ID_TAG) == backfill_id
-    ]
-
-
-def describe(instance) -> str:
-    lines = []
-    for record in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
-        run = record.dagster_run
-        lines.append(
-            f"{run.run_id[:8]} {run.status.value:9} cluster={run.tags.get(CLUSTER_TAG)} "
-            f"objects={run.tags.get(OBJECTS_TAG)} backfill={run.tags.get(BACKFILL_ID_TAG)} "
-            f"sensor={run.tags.get(SENSOR_NAME_TAG)} start={record.start_time} end={record.end_time}"
-        )
-    return "\n".join(lines)
-
-
 def check_backfill_runs(instance, backfill_id, objects, partition_keys) -> None:
     runs = backfill_runs(instance, backfill_id)
-    detail = describe(instance)
-    expected_runs = -(-len(partition_keys) // OBJECTS_PER_RUN)
-    assert len(runs) == expected_runs, detail
-    assert all(run.status == DagsterRunStatus.SUCCESS for run in runs), detail
+    detail = describe_runs(instance)
+    assert all(rec.dagster_run.status == DagsterRunStatus.SUCCESS for rec in runs), detail
     # Only the backfill ran the samples: the sensor launched nothing for them.
     assert not [r for r in instance.get_run_records() if SENSOR_NAME_TAG in r.dagster_run.tags], detail
-
-    covered = Counter()
-    for run in runs:
-        keys = run.tags[OBJECTS_TAG].split(",")
-        covered.update(keys)
-        # Packs follow the partition order (the sensor's cluster grouping).
-        start = partition_keys.index(keys[0])
-        assert keys == partition_keys[start : start + len(keys)], detail
-        # The run coordinator tagged each run with its objects' cluster.
-        clusters = {objects[key].cluster for key in keys}
-        assert len(clusters) == 1 and run.tags.get(CLUSTER_TAG) in clusters, detail
-    assert covered == Counter(partition_keys), detail
-    assert Counter(run.tags[CLUSTER_TAG] for run in runs) == Counter(
+    # Packs follow the partition order (the sensor's cluster grouping), and
+    # the run coordinator tagged each run with its objects' cluster.
+    clusters = {key: obj.cluster for key, obj in objects.items()}
+    assert_packed(runs, partition_keys, clusters, OBJECTS_PER_RUN, detail)
+    assert Counter(rec.dagster_run.tags[CLUSTER_TAG] for rec in runs) == Counter(
         {"default": 6, "heavy": 2}
     ), detail
 
 
 def check_queue(instance, observation, max_runs, limits, backfill_id) -> None:
-    detail = describe(instance)
+    detail = describe_runs(instance)
     # What polling saw (STARTING counts against the limits as much as STARTED).
     assert observation.max_in_progress <= max_runs, (observation, detail)
     for cluster, peak in observation.max_in_progress_by_tag.items():
@@ -381,7 +355,7 @@ def check_queue(instance, observation, max_runs, limits, backfill_id) -> None:
 
 
 def check_sensor_runs(instance, objects_cluster: str) -> None:
-    detail = describe(instance)
+    detail = describe_runs(instance)
     sensor_runs = [
         r.dagster_run for r in instance.get_run_records()
         if r.dagster_run.tags.get(SENSOR_NAME_TAG) == SENSOR

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fanout_dagster_tests.conftest import REPO_ROOT
-from fanout_dagster_tests.dagster_processes import VENV_BIN
+from fanout_dagster_tests.dagster_processes import VENV_BIN, start_in_own_group, stop_process_group
 from fanout_dagster_tests.webserver import GraphQL, free_port, wait_until_loaded
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
@@ -119,29 +118,13 @@ class DagsterDev:
 
     def start(self, timeout: float = 180) -> None:
         self.log_path = self.home / "dagster_dev.log"
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "dagster"),
-                "dev",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                *self.workspace_args,
-            ],
+        self.proc = start_in_own_group(
+            [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port),
+             *self.workspace_args],
             env=self.env,
             cwd=self.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own process group: the daemon, the webserver, the code
-            # servers and the run workers are all stopped with it.
-            start_new_session=True,
-            # dagster dev handles SIGTERM like SIGINT; a pytest started in the
-            # background inherits SIGINT ignored, which would make it ignore both.
-            preexec_fn=_default_interrupt_signals,
+            log_path=self.log_path,
         )
-        log.close()
         self.wait_until_ready(timeout)
 
     def wait_until_ready(self, timeout: float) -> None:
@@ -152,23 +135,8 @@ class DagsterDev:
         """Stop everything dagster dev started; returns the pids that had to be killed late."""
         if self.proc is None:
             return []
-        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
-        if self.proc.poll() is None:
-            # SIGTERM to dagster dev first: it shuts its webserver, daemon and
-            # code servers down itself.
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        # Then whatever is left of the group (run workers, Spark JVMs): TERM, then KILL.
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        _kill_group(pgid)
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
+        # The webserver, daemon, code servers, run workers and Spark JVMs.
+        stop_process_group(self.proc, grace=30)
         # Anything that left the group (a run worker or a Spark JVM in its own
         # session) still carries this test's unique DAGSTER_HOME.
         stragglers = processes_with_env("DAGSTER_HOME", str(self.home))
@@ -178,25 +146,6 @@ class DagsterDev:
             except ProcessLookupError:
                 pass
         return stragglers
-
-
-def _default_interrupt_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _kill_group(pgid: int, grace: float = 10) -> None:
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def processes_with_env(name: str, value: str) -> list[int]:
@@ -228,7 +177,6 @@ class QueueObservation:
     max_in_progress_by_tag: Counter = field(default_factory=Counter)
     queued_while_running: bool = False
     samples: int = 0
-    run_ids: set[str] = field(default_factory=set)
 
     def sample(self, records: Iterable) -> None:
         from dagster import DagsterRunStatus
@@ -237,7 +185,6 @@ class QueueObservation:
         total = queued = 0
         for record in records:
             run = record.dagster_run
-            self.run_ids.add(run.run_id)
             if run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED):
                 total += 1
                 in_progress[run.tags.get(self.tag_key, "<untagged>")] += 1

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fanout_dagster_tests.conftest import REPO_ROOT
-from fanout_dagster_tests.dagster_processes import VENV_BIN, stop_process_group
+from fanout_dagster_tests.dagster_processes import VENV_BIN, start_in_own_group, stop_process_group
 
 LOCATION_NAME = "fanout_dagster"
 # Definitions(...) objects are served as a repository with this name.
@@ -73,21 +73,17 @@ def dagster_webserver(home: Path, env: Mapping[str, str], log_path: Path,
                       port: int | None = None) -> Iterator[tuple[subprocess.Popen, GraphQL]]:
     """`dagster-webserver` on the project's workspace, on 127.0.0.1:<free port>."""
     port = port or free_port()
-    full_env = {**os.environ, **env, "DAGSTER_HOME": str(home)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                str(VENV_BIN / "dagster-webserver"),
-                "-h", "127.0.0.1",
-                "-p", str(port),
-                "-w", str(REPO_ROOT / "workspace.yaml"),
-            ],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_in_own_group(
+        [
+            str(VENV_BIN / "dagster-webserver"),
+            "-h", "127.0.0.1",
+            "-p", str(port),
+            "-w", str(REPO_ROOT / "workspace.yaml"),
+        ],
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        cwd=REPO_ROOT,
+        log_path=log_path,
+    )
     try:
         yield process, GraphQL(f"http://127.0.0.1:{port}")
     finally:

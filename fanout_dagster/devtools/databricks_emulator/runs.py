@@ -376,10 +376,7 @@ class RunManager:
     # -- reading -----------------------------------------------------------------------------------
 
     def _find_run(self, run_id: Any) -> Run:
-        try:
-            rid = int(run_id)
-        except (TypeError, ValueError):
-            raise invalid_parameter(f"Invalid run_id: {run_id!r}") from None
+        rid = _parse_run_id(run_id)
         with self._lock:
             run = self._runs.get(rid)
             if run is None:
@@ -387,10 +384,7 @@ class RunManager:
             return run
 
     def get(self, query: dict[str, str]) -> dict[str, Any]:
-        try:
-            rid = int(query.get("run_id", ""))
-        except ValueError:
-            raise invalid_parameter(f"Invalid run_id: {query.get('run_id')!r}") from None
+        rid = _parse_run_id(query.get("run_id"))
         with self._lock:
             if rid in self._runs:
                 return self._run_json(self._runs[rid])
@@ -400,10 +394,7 @@ class RunManager:
         raise run_does_not_exist(rid)
 
     def get_output(self, query: dict[str, str]) -> dict[str, Any]:
-        try:
-            rid = int(query.get("run_id", ""))
-        except ValueError:
-            raise invalid_parameter(f"Invalid run_id: {query.get('run_id')!r}") from None
+        rid = _parse_run_id(query.get("run_id"))
         with self._lock:
             if rid in self._runs:
                 run = self._runs[rid]
@@ -514,3 +505,10 @@ def _topological_order(tasks: list[dict[str, Any]]) -> list[str]:
     for t in tasks:
         visit(t["task_key"])
     return order
+
+
+def _parse_run_id(run_id: Any) -> int:
+    try:
+        return int(run_id)
+    except (TypeError, ValueError):
+        raise invalid_parameter(f"Invalid run_id: {run_id!r}") from None
