@@ -45,50 +45,118 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--objects", help="comma-separated N values (default: 10,60,240)")
     p.add_argument("--modes", help=f"comma-separated, from {','.join(MODES)} (default: all)")
     p.add_argument("--rows", type=int, default=2000, help="rows per object CSV (default 2000)")
-    p.add_argument("--pack-size", type=int, default=0,
-                   help="K objects per packed run (default: ceil(N / concurrency), at most 60)")
-    p.add_argument("--threads", type=int, default=4, help="T threads per SparkSession (floor, packed; default 4)")
-    p.add_argument("--concurrency", type=int, default=2,
-                   help="processes / Dagster runs at once (per_process, max_concurrent_runs; default 2)")
-    p.add_argument("--spark-master", default="local[2]", help="Spark master of every session (default local[2])")
+    p.add_argument(
+        "--pack-size",
+        type=int,
+        default=0,
+        help="K objects per packed run (default: ceil(N / concurrency), at most 60)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="T threads per SparkSession (floor, packed; default 4)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="processes / Dagster runs at once (per_process, max_concurrent_runs; default 2)",
+    )
+    p.add_argument(
+        "--spark-master",
+        default="local[2]",
+        help="Spark master of every session (default local[2])",
+    )
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"), help="results folder")
-    p.add_argument("--max-n-per-process", type=int, default=60,
-                   help="measure per_process up to this N and extrapolate (linear fit) above it; "
-                   "0 = measure every N (default 60)")
-    p.add_argument("--max-n-per-run", type=int, default=60,
-                   help="same for per_run: a run per object at N=240 takes most "
-                   "of an hour on 2 cores (default 60; 0 = measure every N)")
-    p.add_argument("--timeline-n", type=int, default=PACKED_TARGET_N,
-                   help="N whose per-object timeline is drawn (default 60, else the nearest measured)")
-    p.add_argument("--scale", type=int, nargs="?", const=10_000, default=None,
-                   help="the config-scale section with this many configs (default 10000); "
-                   "alone it runs only that section; included in the full default run")
-    p.add_argument("--no-scale", action="store_true", help="skip the scale section of the full default run")
-    p.add_argument("--scale-files", type=int, default=100, help="YAML files the scale configs are spread over")
-    p.add_argument("--tick-window", type=float, default=90.0,
-                   help="seconds to watch the sensor's first tick creating runs after the partitions "
-                   "are in, to measure its rate (default 90)")
-    p.add_argument("--databricks", action="store_true",
-                   help="per_run vs packed on the databricks target against the local emulator")
-    p.add_argument("--databricks-objects", help="N values for --databricks (default: --objects, else 10)")
-    p.add_argument("--cluster-start-s", type=float, default=10.0,
-                   help="the emulator's simulated cluster start (default 10 s)")
-    p.add_argument("--databricks-poll-s", type=float, default=0.0,
-                   help="FANOUT_DATABRICKS_POLL_S for the step launcher (default: the product's)")
-    p.add_argument("--quiet-wait", type=float, default=120.0,
-                   help="before each measurement, wait up to this many seconds for other processes "
-                   "to use < 0.25 cores (default 120; 0 = don't wait)")
-    p.add_argument("--retry-contended", type=int, default=1,
-                   help="re-run a measurement during which other processes used > 0.25 cores, up to this "
-                   "many times, keeping the least contended attempt (default 1)")
+    p.add_argument(
+        "--max-n-per-process",
+        type=int,
+        default=60,
+        help="measure per_process up to this N and extrapolate (linear fit) above it; "
+        "0 = measure every N (default 60)",
+    )
+    p.add_argument(
+        "--max-n-per-run",
+        type=int,
+        default=60,
+        help="same for per_run: a run per object at N=240 takes most "
+        "of an hour on 2 cores (default 60; 0 = measure every N)",
+    )
+    p.add_argument(
+        "--timeline-n",
+        type=int,
+        default=PACKED_TARGET_N,
+        help="N whose per-object timeline is drawn (default 60, else the nearest measured)",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=10_000,
+        default=None,
+        help="the config-scale section with this many configs (default 10000); "
+        "alone it runs only that section; included in the full default run",
+    )
+    p.add_argument(
+        "--no-scale", action="store_true", help="skip the scale section of the full default run"
+    )
+    p.add_argument(
+        "--scale-files", type=int, default=100, help="YAML files the scale configs are spread over"
+    )
+    p.add_argument(
+        "--tick-window",
+        type=float,
+        default=90.0,
+        help="seconds to watch the sensor's first tick creating runs after the partitions "
+        "are in, to measure its rate (default 90)",
+    )
+    p.add_argument(
+        "--databricks",
+        action="store_true",
+        help="per_run vs packed on the databricks target against the local emulator",
+    )
+    p.add_argument(
+        "--databricks-objects", help="N values for --databricks (default: --objects, else 10)"
+    )
+    p.add_argument(
+        "--cluster-start-s",
+        type=float,
+        default=10.0,
+        help="the emulator's simulated cluster start (default 10 s)",
+    )
+    p.add_argument(
+        "--databricks-poll-s",
+        type=float,
+        default=0.0,
+        help="FANOUT_DATABRICKS_POLL_S for the step launcher (default: the product's)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="before each measurement, wait up to this many seconds for other processes "
+        "to use < 0.25 cores (default 120; 0 = don't wait)",
+    )
+    p.add_argument(
+        "--retry-contended",
+        type=int,
+        default=1,
+        help="re-run a measurement during which other processes used > 0.25 cores, up to this "
+        "many times, keeping the least contended attempt (default 1)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement (default 3600 s)")
-    p.add_argument("--workdir", help="where data, instances and warehouses go (default: a temp dir)")
+    p.add_argument(
+        "--workdir", help="where data, instances and warehouses go (default: a temp dir)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args(argv)
 
     explicit = args.objects is not None or args.modes is not None
     args.run_main = not ((args.scale is not None or args.databricks) and not explicit)
-    args.run_scale = args.scale is not None or (not explicit and not args.databricks and not args.no_scale)
+    args.run_scale = args.scale is not None or (
+        not explicit and not args.databricks and not args.no_scale
+    )
     args.scale_n = args.scale or 10_000
     args.objects_list = _ints(args.objects) if args.objects else list(DEFAULT_OBJECTS)
     args.modes_list = [m.strip() for m in args.modes.split(",")] if args.modes else list(MODES)
@@ -96,7 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if mode not in MODES:
             p.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     args.databricks_objects_list = (
-        _ints(args.databricks_objects) if args.databricks_objects else (args.objects_list if args.objects else [10])
+        _ints(args.databricks_objects)
+        if args.databricks_objects
+        else (args.objects_list if args.objects else [10])
     )
     return args
 
@@ -165,14 +235,23 @@ class Bench:
         t = time.time()
         configs, data = write_objects(self.workdir / f"n{n}", n, self.args.rows)
         if time.time() - t > 1:
-            print(f"  generated {n} objects x {self.args.rows} rows in {time.time() - t:.1f} s", flush=True)
+            print(
+                f"  generated {n} objects x {self.args.rows} rows in {time.time() - t:.1f} s",
+                flush=True,
+            )
         return configs, data
 
     def env_for(self, spec: dict) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FANOUT_", "DAGSTER_", "DATABRICKS_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FANOUT_", "DAGSTER_", "DATABRICKS_"))
+        }
         env.update(
             {
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+                ),
                 "PYTHONUNBUFFERED": "1",
                 "FANOUT_TARGET": "local",
                 "FANOUT_CONFIGS_DIR": spec["configs"],
@@ -187,7 +266,9 @@ class Bench:
         )
         return env
 
-    def spec(self, mode: str, n: int, configs: Path, data: Path, *, label: str | None = None, **extra) -> dict:
+    def spec(
+        self, mode: str, n: int, configs: Path, data: Path, *, label: str | None = None, **extra
+    ) -> dict:
         run_dir = self.workdir / f"n{n}" / "runs" / (label or mode)
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -219,8 +300,11 @@ class Bench:
         attempts = []
         for attempt in range(1 + max(0, self.args.retry_contended)):
             if attempt:
-                print(f"  contended ({attempts[-1][0]['background_cores']} cores used by other processes): "
-                      "measuring again", flush=True)
+                print(
+                    f"  contended ({attempts[-1][0]['background_cores']} cores used by other processes): "
+                    "measuring again",
+                    flush=True,
+                )
                 spec = {**spec}
                 run_dir = Path(spec["workdir"])
                 shutil.rmtree(run_dir)
@@ -229,12 +313,15 @@ class Bench:
             attempts.append((record, timeline))
             if not record.get("contended") or record.get("error"):
                 break
-        record, timeline = min(attempts, key=lambda a: (bool(a[0].get("error")), a[0]["background_cores"]))
+        record, timeline = min(
+            attempts, key=lambda a: (bool(a[0].get("error")), a[0]["background_cores"])
+        )
         record["attempts"] = len(attempts)
         if len(attempts) > 1:
             record["other_attempts"] = [
                 {k: a[0].get(k) for k in ("wall_s", "cpu_s", "background_cores", "started_at")}
-                for a in attempts if a[0] is not record
+                for a in attempts
+                if a[0] is not record
             ]
         if timeline is not None:
             self.timelines[(record["mode"], record["objects"])] = timeline
@@ -248,9 +335,13 @@ class Bench:
             waited, background_before = proc.wait_for_quiet(self.args.quiet_wait, CONTENDED_CORES)
         log = self.logs / f"{mode}-n{n}.log"
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        print(f"> {mode} N={spec['objects']}"
-              + (f" (waited {waited:.0f} s for a quiet machine)" if waited > 6 else "")
-              + " ... ", end="", flush=True)
+        print(
+            f"> {mode} N={spec['objects']}"
+            + (f" (waited {waited:.0f} s for a quiet machine)" if waited > 6 else "")
+            + " ... ",
+            end="",
+            flush=True,
+        )
         spec["t_launch"] = time.time()
         spec_path = Path(spec["workdir"]) / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -262,7 +353,11 @@ class Bench:
             cwd=str(REPO_ROOT),
         )
         out = Path(spec["out"])
-        result = json.loads(out.read_text()) if out.exists() else {"error": f"no result (exit {m.returncode})"}
+        result = (
+            json.loads(out.read_text())
+            if out.exists()
+            else {"error": f"no result (exit {m.returncode})"}
+        )
         for name in ("daemon.log",):
             if (Path(spec["workdir"]) / name).exists():
                 shutil.copy(Path(spec["workdir"]) / name, self.logs / f"{mode}-n{n}-{name}")
@@ -295,11 +390,15 @@ class Bench:
         timeline = None
         if result.get("timeline") is not None:
             timeline = {
-                "t0": result.get("t0"), "wall_s": result.get("wall_s"),
-                "timeline": result.get("timeline"), "runs": result.get("runs", []),
+                "t0": result.get("t0"),
+                "wall_s": result.get("wall_s"),
+                "timeline": result.get("timeline"),
+                "runs": result.get("runs", []),
             }
-        status = "ERROR " + record["error"][:200] if record.get("error") else (
-            f"wall {record['wall_s']} s, CPU {record['cpu_s']} s, bg {background:.2f} cores"
+        status = (
+            "ERROR " + record["error"][:200]
+            if record.get("error")
+            else (f"wall {record['wall_s']} s, CPU {record['cpu_s']} s, bg {background:.2f} cores")
         )
         print(status, flush=True)
         return record, timeline
@@ -331,7 +430,10 @@ class Bench:
         points = sorted(
             (r["objects"], r["wall_s"], r["cpu_s"])
             for r in self.records
-            if r["mode"] == mode and not r.get("extrapolated") and r.get("wall_s") and not r.get("error")
+            if r["mode"] == mode
+            and not r.get("extrapolated")
+            and r.get("wall_s")
+            and not r.get("error")
         )
         if not points:
             return
@@ -353,7 +455,9 @@ class Bench:
                 "started_at": None,
                 "extrapolated": True,
                 "extrapolated_from": xs,
-                "extrapolation": "least-squares line through the measured N" if len(xs) > 1 else "proportional",
+                "extrapolation": "least-squares line through the measured N"
+                if len(xs) > 1
+                else "proportional",
             }
         )
 
@@ -362,7 +466,10 @@ class Bench:
         root = self.workdir / f"scale-{n}"
         t = time.time()
         configs, data = write_scale_configs(root, n, self.args.scale_files)
-        print(f"  generated {n} configs in {self.args.scale_files} files in {time.time() - t:.1f} s", flush=True)
+        print(
+            f"  generated {n} configs in {self.args.scale_files} files in {time.time() - t:.1f} s",
+            flush=True,
+        )
         # (1) definitions load, median of 3 fresh processes.
         spec = self.spec("scale_definitions_load", n, configs, data)
         env = self.env_for(spec)
@@ -375,21 +482,35 @@ class Bench:
         for i in range(3):
             m = proc.run_measured(
                 [sys.executable, "-c", "import fanout_dagster.definitions"],
-                env=env, log_path=self.logs / "scale_definitions_load.log", timeout=600, cwd=str(REPO_ROOT),
+                env=env,
+                log_path=self.logs / "scale_definitions_load.log",
+                timeout=600,
+                cwd=str(REPO_ROOT),
             )
             if m.returncode != 0:
-                raise RuntimeError(f"importing the definitions failed; see {self.logs / 'scale_definitions_load.log'}")
+                raise RuntimeError(
+                    f"importing the definitions failed; see {self.logs / 'scale_definitions_load.log'}"
+                )
             walls.append(m.wall_s)
             cpus.append(m.cpu_s)
             background.append(m.background_cpu_s / max(1e-6, m.reaped - m.started))
         wall = statistics.median(walls)
         record = {
-            "mode": "scale_definitions_load", "objects": n, "wall_s": _round(wall, 3),
-            "cpu_s": _round(statistics.median(cpus), 3), "ratio_to_floor": None,
-            "per_object_overhead_s": None, "runs": None, "started_at": started_at, "extrapolated": False,
-            "samples_s": [round(w, 3) for w in walls], "background_cores": round(max(background), 3),
-            "contended": max(background) > CONTENDED_CORES, "config_files": self.args.scale_files,
-            "target": f"< {DEFS_LOAD_TARGET_S:.0f} s", "target_met": wall < DEFS_LOAD_TARGET_S,
+            "mode": "scale_definitions_load",
+            "objects": n,
+            "wall_s": _round(wall, 3),
+            "cpu_s": _round(statistics.median(cpus), 3),
+            "ratio_to_floor": None,
+            "per_object_overhead_s": None,
+            "runs": None,
+            "started_at": started_at,
+            "extrapolated": False,
+            "samples_s": [round(w, 3) for w in walls],
+            "background_cores": round(max(background), 3),
+            "contended": max(background) > CONTENDED_CORES,
+            "config_files": self.args.scale_files,
+            "target": f"< {DEFS_LOAD_TARGET_S:.0f} s",
+            "target_met": wall < DEFS_LOAD_TARGET_S,
         }
         self.records.append(record)
         print(f"median {wall:.2f} s (samples {', '.join(f'{w:.2f}' for w in walls)})", flush=True)
@@ -403,7 +524,8 @@ class Bench:
             record["target_met"] = record["wall_s"] < SENSOR_TICK_TARGET_S
 
     def databricks_section(self) -> None:
-        from bench.databricks import MODES as DB_MODES, unavailable_reason
+        from bench.databricks import MODES as DB_MODES
+        from bench.databricks import unavailable_reason
 
         reason = unavailable_reason()
         if reason:
@@ -418,7 +540,11 @@ class Bench:
 
     def finish(self) -> list[str]:
         notes = []
-        floors = {r["objects"]: r["wall_s"] for r in self.records if r["mode"] == "floor" and r.get("wall_s")}
+        floors = {
+            r["objects"]: r["wall_s"]
+            for r in self.records
+            if r["mode"] == "floor" and r.get("wall_s")
+        }
         for r in self.records:
             floor = floors.get(r["objects"])
             if floor and r.get("wall_s") is not None and not r["mode"].startswith("scale_"):
@@ -426,7 +552,9 @@ class Bench:
                 r["per_object_overhead_s"] = round((r["wall_s"] - floor) / r["objects"], 3)
                 if r.get("pickup_s") is not None:
                     # Without the wait for the backfill daemon's next 30 s loop.
-                    r["ratio_to_floor_excl_pickup"] = round((r["wall_s"] - r["pickup_s"]) / floor, 3)
+                    r["ratio_to_floor_excl_pickup"] = round(
+                        (r["wall_s"] - r["pickup_s"]) / floor, 3
+                    )
             r.setdefault("machine", self.machine)
         by = {(r["mode"], r["objects"]): r for r in self.records}
         packed = by.get(("packed", PACKED_TARGET_N))
@@ -437,7 +565,9 @@ class Bench:
             if r["mode"] == "per_run" and r.get("wall_s") is not None:
                 pp = by.get(("per_process", r["objects"]))
                 if pp and pp.get("wall_s") is not None:
-                    r["target"] = "<= per_process wall" + (" (extrapolated)" if pp.get("extrapolated") else "")
+                    r["target"] = "<= per_process wall" + (
+                        " (extrapolated)" if pp.get("extrapolated") else ""
+                    )
                     r["target_met"] = r["wall_s"] <= pp["wall_s"]
         # Where the time goes, from the records themselves.
         for r in sorted(self.records, key=lambda r: (r["objects"], r["mode"])):
@@ -446,8 +576,11 @@ class Bench:
                     f"{r['mode']} N={r['objects']}: {r.get('runs')} runs, mean run {r['mean_run_s']} s "
                     f"(run worker start + Spark start + objects), backfill pickup {r.get('pickup_s')} s, "
                     f"mean queue wait {r.get('mean_queue_wait_s')} s, daemon-included total {r.get('total_s')} s"
-                    + (f"; x floor without the pickup {r['ratio_to_floor_excl_pickup']}"
-                       if r.get("ratio_to_floor_excl_pickup") is not None else "")
+                    + (
+                        f"; x floor without the pickup {r['ratio_to_floor_excl_pickup']}"
+                        if r.get("ratio_to_floor_excl_pickup") is not None
+                        else ""
+                    )
                 )
             if r["mode"] == "per_process" and r.get("mean_process_s") is not None:
                 notes.append(
@@ -455,7 +588,9 @@ class Bench:
                     f"(Python + JVM start {r.get('mean_session_start_s')} s)"
                 )
             if r["mode"] == "floor" and r.get("session_start_s") is not None:
-                notes.append(f"floor N={r['objects']}: SparkSession ready {r['session_start_s']} s after launch")
+                notes.append(
+                    f"floor N={r['objects']}: SparkSession ready {r['session_start_s']} s after launch"
+                )
             if r["mode"] == "scale_sensor_first_tick":
                 notes.append(
                     f"sensor first tick over {r['objects']} configs: reading the configs alone "
@@ -487,8 +622,10 @@ def _linear(xs, ys, x):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not proc.become_subreaper():
-        print("warning: cannot become a child subreaper; CPU of orphaned processes (JVMs) may be missed",
-              file=sys.stderr)
+        print(
+            "warning: cannot become a child subreaper; CPU of orphaned processes (JVMs) may be missed",
+            file=sys.stderr,
+        )
     from bench.spark_modes import check_session_conf
 
     for problem in check_session_conf():
@@ -502,8 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"{command}\nwork dir {workdir}, logs {logs}\n"
-          f"{machine['cpus']} CPUs, load {' '.join(machine['loadavg_at_start'])}", flush=True)
+    print(
+        f"{command}\nwork dir {workdir}, logs {logs}\n"
+        f"{machine['cpus']} CPUs, load {' '.join(machine['loadavg_at_start'])}",
+        flush=True,
+    )
     bench = Bench(args, workdir, logs, machine)
     t_start = time.time()
     try:
@@ -519,14 +659,21 @@ def main(argv: list[str] | None = None) -> int:
         notes = bench.finish()
         if bench.records:
             paths = report.write_json(bench.records, out_dir, stamp)
-            summary = report.write_summary(bench.records, out_dir, command=command, machine=machine, notes=notes)
+            summary = report.write_summary(
+                bench.records, out_dir, command=command, machine=machine, notes=notes
+            )
             timeline_path = None
             measured_ns = sorted({n for (_, n) in bench.timelines})
             if measured_ns:
                 tn = min(measured_ns, key=lambda n: (abs(n - args.timeline_n), -n))
                 timeline_path = report.write_timeline(
-                    {m: t for (m, n), t in bench.timelines.items() if n == tn and not m.startswith("scale_")},
-                    tn, out_dir / "timeline.png",
+                    {
+                        m: t
+                        for (m, n), t in bench.timelines.items()
+                        if n == tn and not m.startswith("scale_")
+                    },
+                    tn,
+                    out_dir / "timeline.png",
                 )
                 (logs / "timelines.json").write_text(
                     json.dumps({f"{m}-{n}": t for (m, n), t in bench.timelines.items()})
@@ -536,9 +683,11 @@ def main(argv: list[str] | None = None) -> int:
             print()
             for note in notes:
                 print(f"- {note}")
-            print(f"\nwrote {', '.join(str(p) for p in paths)}, {summary}"
-                  + (f", {timeline_path}" if timeline_path else "")
-                  + f"\ntotal {time.time() - t_start:.0f} s")
+            print(
+                f"\nwrote {', '.join(str(p) for p in paths)}, {summary}"
+                + (f", {timeline_path}" if timeline_path else "")
+                + f"\ntotal {time.time() - t_start:.0f} s"
+            )
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 1 if any(r.get("error") for r in bench.records) else 0

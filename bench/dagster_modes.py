@@ -141,7 +141,9 @@ def launch_backfill(request_context, keys: list[str]) -> str:
         "partitionNames": keys,
         "fromFailure": False,
     }
-    data = _gql(request_context, LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+    data = _gql(request_context, LAUNCH_BACKFILL, {"backfillParams": params})[
+        "launchPartitionBackfill"
+    ]
     if data["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"launchPartitionBackfill failed: {data}")
     return data["backfillId"]
@@ -152,7 +154,9 @@ class Daemon:
 
     # 2026-11-21 05:30:01 +0000 - dagster.daemon.BackfillDaemon - DEBUG - No backfill jobs ...
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-    _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}) - dagster\.daemon\.BackfillDaemon - ")
+    _LINE = re.compile(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}) - dagster\.daemon\.BackfillDaemon - "
+    )
 
     def __init__(self, workspace: Path, env: dict, log_path: Path, cwd: Path):
         self.log_path = log_path
@@ -184,7 +188,9 @@ class Daemon:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dagster-daemon exited ({self.proc.returncode}); see {self.log_path}")
+                raise RuntimeError(
+                    f"dagster-daemon exited ({self.proc.returncode}); see {self.log_path}"
+                )
             if self.backfill_iterations() and all_daemons_healthy(instance):
                 return time.time()
             time.sleep(0.25)
@@ -224,7 +230,9 @@ def run_dagster(spec: dict) -> dict:
     instance = DagsterInstance.get()
     keys = register_objects(instance, spec["configs"])
     t_setup = time.time()
-    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace)])) as process_context:
+    with WorkspaceProcessContext(
+        instance, WorkspaceFileTarget(paths=[str(workspace)])
+    ) as process_context:
         request_context = process_context.create_request_context()
         sensor_status = stop_sensor(request_context)
         daemon = Daemon(workspace, dict(os.environ), workdir / "daemon.log", workdir)
@@ -238,7 +246,9 @@ def run_dagster(spec: dict) -> dict:
             raise
     try:
         runs, t_all_ended = _wait_runs(instance, backfill_id, len(keys), spec["timeout_s"])
-        t_backfill_done, backfill_status = _wait_backfill(instance, backfill_id, timeout=BACKFILL_LOOP_S + 15)
+        t_backfill_done, backfill_status = _wait_backfill(
+            instance, backfill_id, timeout=BACKFILL_LOOP_S + 15
+        )
     finally:
         daemon.stop()
     return _result(
@@ -293,18 +303,26 @@ def _wait_backfill(instance, backfill_id: str, timeout: float) -> tuple[float | 
     status = None
     while time.time() < deadline:
         status = instance.get_backfill(backfill_id).status
-        if status not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING):
+        if status not in (
+            BulkActionStatus.REQUESTED,
+            BulkActionStatus.CANCELING,
+            BulkActionStatus.FAILING,
+        ):
             return time.time(), status.value
         time.sleep(0.5)
     return None, status.value if status else "unknown"
 
 
-def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, sensor_status) -> dict:
+def _result(
+    instance, spec, keys, runs, *, backfill_id, backfill_status, times, sensor_status
+) -> dict:
     from dagster import DagsterEventType
 
     from fanout_dagster.placement import OBJECTS_TAG
 
-    records = {r.dagster_run.run_id: r for r in instance.get_run_records(filters=_run_filter(backfill_id))}
+    records = {
+        r.dagster_run.run_id: r for r in instance.get_run_records(filters=_run_filter(backfill_id))
+    }
     run_rows, timeline = [], []
     for run in sorted(runs, key=lambda r: records[r.run_id].create_timestamp.timestamp()):
         record = records[run.run_id]
@@ -317,7 +335,9 @@ def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, 
                 "end": record.end_time,
                 "ok": run.status.value == "SUCCESS",
                 "status": run.status.value,
-                "objects": len(run.tags.get(OBJECTS_TAG, "").split(",")) if run.tags.get(OBJECTS_TAG) else None,
+                "objects": len(run.tags.get(OBJECTS_TAG, "").split(","))
+                if run.tags.get(OBJECTS_TAG)
+                else None,
             }
         )
         for event in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
@@ -337,8 +357,13 @@ def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, 
             if "duration_s" in obs.metadata:
                 duration = obs.metadata["duration_s"].value
                 timeline.append(
-                    {"object": obs.partition, "run": run.run_id[:8], "start": event.timestamp - duration,
-                     "end": event.timestamp, "ok": False}
+                    {
+                        "object": obs.partition,
+                        "run": run.run_id[:8],
+                        "start": event.timestamp - duration,
+                        "end": event.timestamp,
+                        "ok": False,
+                    }
                 )
     t_submit, t_launch = times["t_submit"], times["t_launch"]
     last_end = max(r["end"] for r in run_rows if r["end"])
@@ -352,7 +377,9 @@ def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, 
         "runs": run_rows,
         "timeline": timeline,
         "extras": {
-            "total_s": round(last_end - t_launch, 3),  # incl. process start, instance, daemon start-up
+            "total_s": round(
+                last_end - t_launch, 3
+            ),  # incl. process start, instance, daemon start-up
             "daemon_start_s": round(times["t_ready"] - times["t_daemon"], 3),
             "pickup_s": round(first_created - t_submit, 3),
             "wall_after_pickup_s": round(last_end - first_created, 3),
@@ -365,8 +392,12 @@ def _result(instance, spec, keys, runs, *, backfill_id, backfill_status, times, 
             "failed_runs": sum(not r["ok"] for r in run_rows),
             "objects_materialized": len(materialized),
             "objects_expected": len(keys),
-            "mean_run_s": round(sum(run_durations) / len(run_durations), 3) if run_durations else None,
-            "mean_queue_wait_s": round(sum(queue_waits) / len(queue_waits), 3) if queue_waits else None,
+            "mean_run_s": round(sum(run_durations) / len(run_durations), 3)
+            if run_durations
+            else None,
+            "mean_queue_wait_s": round(sum(queue_waits) / len(queue_waits), 3)
+            if queue_waits
+            else None,
             "objects_per_run": spec["pack_size"],
             "threads_per_run": spec["threads"],
             "sensor_status_before_daemon": sensor_status,

@@ -35,12 +35,13 @@ def unavailable_reason() -> str | None:
 
 
 def run_databricks(spec: dict) -> dict:
+    from bench.dagster_modes import run_dagster
     from fanout_dagster.devtools.databricks_emulator import run_emulator
 
-    from bench.dagster_modes import run_dagster
-
     workdir = Path(spec["workdir"])
-    with run_emulator(root=workdir / "emulator", cluster_start_seconds=spec["cluster_start_s"]) as emu:
+    with run_emulator(
+        root=workdir / "emulator", cluster_start_seconds=spec["cluster_start_s"]
+    ) as emu:
         # The daemon, its code server and the run workers inherit these.
         os.environ.update(
             {

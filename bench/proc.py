@@ -140,11 +140,20 @@ def system_busy_s() -> float:
     with open("/proc/stat") as handle:
         fields = [int(x) for x in handle.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal (guest* are included in user/nice)
-    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + (fields[7] if len(fields) > 7 else 0)
+    busy = (
+        fields[0]
+        + fields[1]
+        + fields[2]
+        + fields[5]
+        + fields[6]
+        + (fields[7] if len(fields) > 7 else 0)
+    )
     return busy / _CLK_TCK
 
 
-def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 5.0) -> tuple[float, float]:
+def wait_for_quiet(
+    max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 5.0
+) -> tuple[float, float]:
     """Wait until other processes use less than `threshold_cores` over a window.
 
     Gives up after max_wait_s. Returns (seconds waited, background cores in the last window).

@@ -5,8 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODE_ORDER = ["floor", "per_process", "per_run", "packed", "databricks_per_run", "databricks_packed",
-              "scale_definitions_load", "scale_sensor_first_tick"]
+MODE_ORDER = [
+    "floor",
+    "per_process",
+    "per_run",
+    "packed",
+    "databricks_per_run",
+    "databricks_packed",
+    "scale_definitions_load",
+    "scale_sensor_first_tick",
+]
 
 MODE_BLURB = {
     "floor": "bare Spark: one local[2] SparkSession, run_pack over all objects (T threads)",
@@ -27,9 +35,25 @@ def _fmt(value, digits=1) -> str:
 
 
 def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["mode", "N", "wall s", "CPU s", "x floor", "overhead/obj s", "runs", "bg cores", "notes"]
+    header = [
+        "mode",
+        "N",
+        "wall s",
+        "CPU s",
+        "x floor",
+        "overhead/obj s",
+        "runs",
+        "bg cores",
+        "notes",
+    ]
     rows = []
-    for r in sorted(records, key=lambda r: (r["objects"], MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 99)):
+    for r in sorted(
+        records,
+        key=lambda r: (
+            r["objects"],
+            MODE_ORDER.index(r["mode"]) if r["mode"] in MODE_ORDER else 99,
+        ),
+    ):
         notes = []
         if r.get("extrapolated"):
             notes.append(f"extrapolated from N={','.join(map(str, r['extrapolated_from']))}")
@@ -38,7 +62,9 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
         if r.get("objects_per_run") and "packed" in r["mode"]:
             notes.append(f"K={r['objects_per_run']}")
         if r.get("api_calls_per_object") is not None:
-            notes.append(f"{r['api_calls_per_object']} API calls/obj, cluster start {r.get('cluster_start_s_paid')}s")
+            notes.append(
+                f"{r['api_calls_per_object']} API calls/obj, cluster start {r.get('cluster_start_s_paid')}s"
+            )
         if r.get("target"):
             notes.append(("MET " if r.get("target_met") else "MISSED ") + r["target"])
         if r.get("contended"):
@@ -63,15 +89,26 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def console_table(records: list[dict]) -> str:
     header, rows = table_rows(records)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+        for i, h in enumerate(header)
+    ]
     widths[-1] = len(header[-1])
-    line = lambda cells: "  ".join(c.ljust(w) if i in (0, len(cells) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(
+        c.ljust(w) if i in (0, len(cells) - 1) else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
 def markdown_table(records: list[dict]) -> str:
     header, rows = table_rows(records)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i in (0, len(header) - 1) else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---" if i in (0, len(header) - 1) else "---:" for i in range(len(header)))
+        + "|",
+    ]
     out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     return "\n".join(out)
 
@@ -86,7 +123,9 @@ def write_json(records: list[dict], out_dir: Path, stamp: str) -> list[Path]:
     return [latest, stamped]
 
 
-def write_summary(records: list[dict], out_dir: Path, *, command: str, machine: dict, notes: list[str]) -> Path:
+def write_summary(
+    records: list[dict], out_dir: Path, *, command: str, machine: dict, notes: list[str]
+) -> Path:
     lines = [
         "# Benchmark: orchestration overhead of many small objects",
         "",
@@ -131,17 +170,27 @@ def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = [m for m in MODE_ORDER if m in timelines] + [m for m in timelines if m not in MODE_ORDER]
+    modes = [m for m in MODE_ORDER if m in timelines] + [
+        m for m in timelines if m not in MODE_ORDER
+    ]
     height = sum(2.0 + 0.035 * len(timelines[m]["timeline"]) for m in modes)
-    fig, axes = plt.subplots(len(modes), 1, figsize=(13, max(4.0, height)), squeeze=False,
-                             gridspec_kw={"height_ratios": [max(1, len(timelines[m]["timeline"])) for m in modes]})
+    fig, axes = plt.subplots(
+        len(modes),
+        1,
+        figsize=(13, max(4.0, height)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [max(1, len(timelines[m]["timeline"])) for m in modes]},
+    )
     tab20 = plt.get_cmap("tab20")
     palette = [tab20(i) for i in range(20) if i not in (6, 7)]  # no reds: failures are hatched
     for ax, mode in zip(axes[:, 0], modes):
         data = timelines[mode]
         t0 = data["t0"]
         objects = sorted(data["timeline"], key=lambda o: (o["start"], o["object"]))
-        run_index = {r["run"]: i for i, r in enumerate(sorted(data["runs"], key=lambda r: r.get("start") or 0))}
+        run_index = {
+            r["run"]: i
+            for i, r in enumerate(sorted(data["runs"], key=lambda r: r.get("start") or 0))
+        }
         rows = {o["object"]: i for i, o in enumerate(objects)}
         # Run (or process) lifetime behind its objects: start-up and teardown show as grey.
         by_run: dict[str, list[int]] = {}
@@ -153,22 +202,46 @@ def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | Non
                 continue
             middle = (min(ys) + max(ys)) / 2
             ax.barh(
-                middle, run["end"] - run["start"], left=run["start"] - t0,
-                height=max(ys) - min(ys) + 0.9, color="0.85", edgecolor="0.6", linewidth=0.4, zorder=1,
+                middle,
+                run["end"] - run["start"],
+                left=run["start"] - t0,
+                height=max(ys) - min(ys) + 0.9,
+                color="0.85",
+                edgecolor="0.6",
+                linewidth=0.4,
+                zorder=1,
             )
             if run.get("created") and run["created"] < run["start"]:
                 # Queued: created by the backfill, waiting for the run queue.
-                ax.hlines(middle, run["created"] - t0, run["start"] - t0, colors="0.5", linestyles=":",
-                          linewidth=0.8, zorder=1)
+                ax.hlines(
+                    middle,
+                    run["created"] - t0,
+                    run["start"] - t0,
+                    colors="0.5",
+                    linestyles=":",
+                    linewidth=0.8,
+                    zorder=1,
+                )
         for o in objects:
             colour = palette[run_index.get(o["run"], 0) % len(palette)]
             ok = o.get("ok", True)
-            ax.barh(rows[o["object"]], max(0.05, o["end"] - o["start"]), left=o["start"] - t0, height=0.8,
-                    color=colour if ok else "white", edgecolor=None if ok else "black",
-                    hatch=None if ok else "xxx", zorder=2)
+            ax.barh(
+                rows[o["object"]],
+                max(0.05, o["end"] - o["start"]),
+                left=o["start"] - t0,
+                height=0.8,
+                color=colour if ok else "white",
+                edgecolor=None if ok else "black",
+                hatch=None if ok else "xxx",
+                zorder=2,
+            )
         wall = data.get("wall_s")
-        ax.set_title(f"{mode}: {len(objects)} objects, {len(data['runs'])} run(s), wall {wall:.1f} s "
-                     "(own time axis)", loc="left", fontsize=10)
+        ax.set_title(
+            f"{mode}: {len(objects)} objects, {len(data['runs'])} run(s), wall {wall:.1f} s "
+            "(own time axis)",
+            loc="left",
+            fontsize=10,
+        )
         horizon = max([o["end"] for o in objects] + [r["end"] or 0 for r in data["runs"]]) - t0
         ax.set_xlim(0, horizon * 1.02)
         ax.set_ylim(len(objects) - 0.5 + 0.5, -1)

@@ -37,7 +37,9 @@ def run_sensor_tick(spec: dict) -> dict:
     load = load_objects(spec["configs"])
     config_load_s = time.perf_counter() - t0
     if len(load.objects) != n or load.errors:
-        raise RuntimeError(f"expected {n} valid configs, got {len(load.objects)} and {len(load.errors)} errors")
+        raise RuntimeError(
+            f"expected {n} valid configs, got {len(load.objects)} and {len(load.errors)} errors"
+        )
     eval_s, requested = _evaluate_in_process(spec)
 
     home = Path(os.environ["DAGSTER_HOME"])
@@ -98,7 +100,9 @@ def run_sensor_tick(spec: dict) -> dict:
             "tick_total_estimated": bool(tick_total) and not finished,
             "runs_created": run_counts[-1][1] if run_counts else 0,
             "run_creation_per_s": round(rate, 2) if rate else None,
-            "first_run_after_tick_start_s": round(created[0][0] - tick_start, 1) if created else None,
+            "first_run_after_tick_start_s": round(created[0][0] - tick_start, 1)
+            if created
+            else None,
             "daemon_launch_to_tick_s": round(tick_start - daemon.launched, 3),
             "config_load_s": round(config_load_s, 3),
             "sensor_eval_in_process_s": round(eval_s, 3),

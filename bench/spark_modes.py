@@ -36,7 +36,11 @@ def check_session_conf() -> list[str]:
         "spark.sql.shuffle.partitions": str(product.shuffle_partitions),
         "spark.log.level": product.log_level,
     }
-    return [f"{k}: bench {SESSION_CONF[k]!r} != product {v!r}" for k, v in expected.items() if SESSION_CONF[k] != v]
+    return [
+        f"{k}: bench {SESSION_CONF[k]!r} != product {v!r}"
+        for k, v in expected.items()
+        if SESSION_CONF[k] != v
+    ]
 
 
 def new_session(master: str, warehouse_dir: str, app_name: str):
@@ -148,14 +152,24 @@ def run_per_process(spec: dict) -> dict:
             exited = time.time()
             del running[pid]
             result = json.loads(out.read_text()) if out.exists() else {"objects": []}
-            finished.append({"key": key, "launched": launched, "exited": exited, "rc": proc.returncode, **result})
+            finished.append(
+                {
+                    "key": key,
+                    "launched": launched,
+                    "exited": exited,
+                    "rc": proc.returncode,
+                    **result,
+                }
+            )
     log.close()
     end = max(f["exited"] for f in finished)
     timeline, runs = [], []
     for i, f in enumerate(sorted(finished, key=lambda f: f["launched"])):
         run = f"proc-{i:04d}"
         runs.append({"run": run, "start": f["launched"], "end": f["exited"], "ok": f["rc"] == 0})
-        objs = f["objects"] or [{"object": f["key"], "start": f["launched"], "end": f["exited"], "ok": False}]
+        objs = f["objects"] or [
+            {"object": f["key"], "start": f["launched"], "end": f["exited"], "ok": False}
+        ]
         timeline.extend({**o, "run": run} for o in objs)
     per_proc = [f["exited"] - f["launched"] for f in finished]
     return {

@@ -48,7 +48,9 @@ class LoadResult:
     rows_written: int  # rows this run wrote: overwrite: all; append: those of new or changed files
     columns: tuple[tuple[str, str], ...]  # (name, Spark type) of the table
     source_files: int  # files the source holds now
-    files_written: int  # source files this run read: overwrite: all; append: the new or changed ones
+    files_written: (
+        int  # source files this run read: overwrite: all; append: the new or changed ones
+    )
     load_ids: tuple[str, ...]  # the `_load_id`s this run wrote (append: one per file read)
     seconds: float
 
@@ -81,7 +83,9 @@ def resolve_source_files(data_root: str, source: SourceSpec) -> list[str]:
                 continue
             real = (root / path).resolve()
             if not real.is_relative_to(root):
-                raise SourceError(f"source path {source.path!r} leads outside the data root via {path}")
+                raise SourceError(
+                    f"source path {source.path!r} leads outside the data root via {path}"
+                )
             # Spark is given the resolved path, so its name counts too.
             if real.is_file() and not _hidden([real.name]):
                 files.add(str(real))  # a set: a file reached twice (a symlink, '**') is read once
@@ -112,7 +116,9 @@ def _load_id_column(root_path: str) -> Column:
     # _metadata.file_path is a URI ('file:/data/a%20b.csv'): drop the scheme
     # and authority, then undo the escaping (url_decode would read '+' as a
     # space; a URI path keeps '+' as it is).
-    path = F.regexp_replace(F.col("_metadata.file_path"), r"^[A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?", "")
+    path = F.regexp_replace(
+        F.col("_metadata.file_path"), r"^[A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?", ""
+    )
     path = F.url_decode(F.regexp_replace(path, r"\+", "%2B"))
     relative = F.substring(path, len(_prefix(root_path)) + 1, 1 << 30)
     return F.concat(F.lit("f"), F.substring(F.sha2(relative, 256), 1, 16))
@@ -168,11 +174,16 @@ def ingest_object(
     else:
         # Remote roots (dbfs:/, abfss://, s3://): Spark lists the files itself.
         files = None
-        root_path, paths = unquote(urlsplit(data_root).path), [f"{data_root.rstrip('/')}/{obj.source.path}"]
+        root_path, paths = (
+            unquote(urlsplit(data_root).path),
+            [f"{data_root.rstrip('/')}/{obj.source.path}"],
+        )
 
     def audited(df: DataFrame, load_id: Column) -> DataFrame:
         now = datetime.now(timezone.utc)
-        return with_audit_columns(df, ingested_at=now, run_id=run_id, partition_key=obj.key, load_id=load_id)
+        return with_audit_columns(
+            df, ingested_at=now, run_id=run_id, partition_key=obj.key, load_id=load_id
+        )
 
     if obj.target.mode == "overwrite":
         # Like every load id, it starts with a letter (see source_load_id).
@@ -228,4 +239,4 @@ def ingest_object(
 def _relative_load_id(path: str, root_path: str) -> str:
     if not path.startswith(_prefix(root_path)):
         raise SourceError(f"source file {path} is not under the data root {root_path}")
-    return source_load_id(path[len(_prefix(root_path)):])
+    return source_load_id(path[len(_prefix(root_path)) :])

@@ -25,16 +25,18 @@ from collections.abc import Mapping, Sequence
 
 from dagster import (
     AssetSelection,
-    SensorDefinition,
     DefaultSensorStatus,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
-
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from fanout_dagster.objects import ObjectConfig
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
@@ -57,7 +59,11 @@ def run_request_for(obj: ObjectConfig, generation: int = 1) -> RunRequest:
 
 def run_key_for(obj: ObjectConfig, generation: int) -> str:
     # The first generation keeps the plain key:hash form.
-    return f"{obj.key}:{obj.config_hash}" if generation <= 1 else f"{obj.key}:{generation}:{obj.config_hash}"
+    return (
+        f"{obj.key}:{obj.config_hash}"
+        if generation <= 1
+        else f"{obj.key}:{generation}:{obj.config_hash}"
+    )
 
 
 def pack_request_for(pack: list[ObjectConfig], generations: dict[str, int]) -> RunRequest:
@@ -177,7 +183,9 @@ def evaluate(
         # A tick that creates thousands of runs takes minutes and holds the
         # sensor daemon; the queue runs only a few at a time anyway. Objects
         # left out stay out of the cursor, so the next tick picks them up.
-        context.log.info(f"{waiting} object(s) wait for a later tick ({max_runs_per_tick} runs per tick)")
+        context.log.info(
+            f"{waiting} object(s) wait for a later tick ({max_runs_per_tick} runs per tick)"
+        )
     record_clusters(instance, {obj.key: obj.cluster for obj in covered})
     # Hashes are never dropped from the cursor, so an object whose file was
     # broken for a while does not re-run once the file is fixed, unless its
@@ -205,7 +213,6 @@ def _some(keys: Sequence[str], shown: int = 10) -> str:
 
 def _read_cursor(cursor: str | None) -> dict[str, tuple[str, int]]:
     return {key: (value[0], int(value[1])) for key, value in json.loads(cursor or "{}").items()}
-
 
 
 # The sensor with one run per changed object and per new object.

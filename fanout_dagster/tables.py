@@ -62,7 +62,9 @@ class TableWriter(Protocol):
         """Make `df` the whole table, as the single load `load_id`."""
         ...
 
-    def append(self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]) -> WrittenLoad:
+    def append(
+        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
+    ) -> WrittenLoad:
         """Replace the loads named in `sources` (load id -> source fingerprint)
         with the rows `df` holds for them (by its `_load_id` column); keep
         every other load. A load without rows in `df` (or `df` None) ends up
@@ -90,7 +92,11 @@ def describe_schema_change(old: StructType, new: StructType) -> str | None:
     parts = []
     added = [c for c in new_cols if c not in old_cols]
     removed = [c for c in old_cols if c not in new_cols]
-    changed = [f"{c} {old_cols[c]}->{new_cols[c]}" for c in new_cols if c in old_cols and old_cols[c] != new_cols[c]]
+    changed = [
+        f"{c} {old_cols[c]}->{new_cols[c]}"
+        for c in new_cols
+        if c in old_cols and old_cols[c] != new_cols[c]
+    ]
     if added:
         parts.append(f"added {', '.join(added)}")
     if removed:
@@ -119,9 +125,13 @@ class ParquetTableWriter:
         return self.warehouse / table
 
     def overwrite(self, df: DataFrame, *, table: str, load_id: str) -> WrittenLoad:
-        return self._write(df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, {load_id: ""}, append=False)
+        return self._write(
+            df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, {load_id: ""}, append=False
+        )
 
-    def append(self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]) -> WrittenLoad:
+    def append(
+        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
+    ) -> WrittenLoad:
         return self._write(df, table, sources, append=True)
 
     def appended_sources(self, table: str) -> dict[str, str]:
@@ -150,7 +160,9 @@ class ParquetTableWriter:
                 if append and current is not None:
                     kept = current.where(~F.col(LOAD_COLUMN).isin(list(loads))).count()
                 if rows_written + kept == 0:
-                    raise LoadRejected(f"the source has no rows; table {table!r} keeps its previous load")
+                    raise LoadRejected(
+                        f"the source has no rows; table {table!r} keeps its previous load"
+                    )
                 schema = (staged_data if staged_data is not None else current).schema
                 if staged_data is not None and current is not None:
                     self._check_schema(table, current.schema, schema)
@@ -162,22 +174,32 @@ class ParquetTableWriter:
                     self._swap(staged, target)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-        return WrittenLoad(str(target), rows=kept + rows_written, rows_written=rows_written, schema=schema)
+        return WrittenLoad(
+            str(target), rows=kept + rows_written, rows_written=rows_written, schema=schema
+        )
 
-    def _stage(self, df: DataFrame | None, staged: Path, loads: Mapping[str, str], markers: bool) -> None:
+    def _stage(
+        self, df: DataFrame | None, staged: Path, loads: Mapping[str, str], markers: bool
+    ) -> None:
         """Write `df` to `staged`, one `_load_id=<id>` folder per load."""
         if df is not None and len(loads) == 1:
             # Every row is of this load: write its folder directly, sparing the
             # sort of each task's rows that partitionBy costs.
             [load_id] = loads
-            df.drop(LOAD_COLUMN).write.mode("error").parquet(str(staged / f"{LOAD_COLUMN}={load_id}"))
+            df.drop(LOAD_COLUMN).write.mode("error").parquet(
+                str(staged / f"{LOAD_COLUMN}={load_id}")
+            )
         elif df is not None:
             df.write.partitionBy(LOAD_COLUMN).mode("error").parquet(str(staged))
         expected = {f"{LOAD_COLUMN}={load_id}" for load_id in loads}
-        unexpected = sorted(p.name for p in staged.glob(f"{LOAD_COLUMN}=*") if p.name not in expected)
+        unexpected = sorted(
+            p.name for p in staged.glob(f"{LOAD_COLUMN}=*") if p.name not in expected
+        )
         if unexpected:
             # Swapping only the expected folders would silently drop these rows.
-            raise ValueError(f"the load holds rows for {', '.join(unexpected)}, which it was not given")
+            raise ValueError(
+                f"the load holds rows for {', '.join(unexpected)}, which it was not given"
+            )
         for load_id, fingerprint in loads.items():
             folder = staged / f"{LOAD_COLUMN}={load_id}"
             # A load without rows may have no folder yet; it needs one: it replaces
@@ -279,9 +301,13 @@ class DeltaTableWriter:
         self.schema = schema
 
     def overwrite(self, df: DataFrame, *, table: str, load_id: str) -> WrittenLoad:
-        return self._write(df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, [load_id], append=False)
+        return self._write(
+            df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, [load_id], append=False
+        )
 
-    def append(self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]) -> WrittenLoad:
+    def append(
+        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
+    ) -> WrittenLoad:
         return self._write(df, table, list(sources), append=True)
 
     def appended_sources(self, table: str) -> dict[str, str]:
@@ -292,15 +318,23 @@ class DeltaTableWriter:
     ) -> WrittenLoad:
         name = f"{self.schema}.{table}"
         exists = self.spark.catalog.tableExists(name)
-        these = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in load_ids)})" if load_ids else "false"
+        these = (
+            f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in load_ids)})" if load_ids else "false"
+        )
         if df is None or df.isEmpty():
-            kept = self.spark.table(name).where(f"NOT ({these})").count() if append and exists else 0
+            kept = (
+                self.spark.table(name).where(f"NOT ({these})").count() if append and exists else 0
+            )
             if kept == 0:
-                raise LoadRejected(f"the source has no rows; table {name!r} keeps its previous load")
+                raise LoadRejected(
+                    f"the source has no rows; table {name!r} keeps its previous load"
+                )
         if df is not None and exists:
             change = describe_schema_change(self.spark.table(name).schema, df.schema)
             if change:
-                raise LoadRejected(f"schema of table {name!r} changed since the last load ({change})")
+                raise LoadRejected(
+                    f"schema of table {name!r} changed since the last load ({change})"
+                )
         if df is not None:
             writer = df.write.format("delta").mode("overwrite")
             if append:
@@ -309,4 +343,6 @@ class DeltaTableWriter:
         elif load_ids:  # the files of these loads hold no rows now
             self.spark.sql(f"DELETE FROM {name} WHERE {these}")
         now = self.spark.table(name)
-        return WrittenLoad(name, rows=now.count(), rows_written=now.where(these).count(), schema=now.schema)
+        return WrittenLoad(
+            name, rows=now.count(), rows_written=now.where(these).count(), schema=now.schema
+        )

@@ -27,8 +27,12 @@ VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def write_dagster_home(home: Path, *, max_concurrent_runs: int | None = None,
-                       cluster_limits: Mapping[str, int] | None = None) -> Path:
+def write_dagster_home(
+    home: Path,
+    *,
+    max_concurrent_runs: int | None = None,
+    cluster_limits: Mapping[str, int] | None = None,
+) -> Path:
     """A DAGSTER_HOME whose dagster.yaml is the repo's, with optional tighter limits."""
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     runs = config["concurrency"]["runs"]
@@ -50,8 +54,9 @@ def configured_limits(home: Path) -> tuple[int, dict[str, int]]:
     return runs["max_concurrent_runs"], per_cluster
 
 
-def start_in_own_group(command: list[str], *, env: Mapping[str, str], cwd: Path,
-                       log_path: Path) -> subprocess.Popen:
+def start_in_own_group(
+    command: list[str], *, env: Mapping[str, str], cwd: Path, log_path: Path
+) -> subprocess.Popen:
     """A child leading its own process group, output appended to log_path.
 
     Everything it starts (code servers, run workers, Spark JVMs) stays in the
@@ -104,7 +109,9 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def dagster_daemon(home: Path, env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+def dagster_daemon(
+    home: Path, env: Mapping[str, str], log_path: Path
+) -> Iterator[subprocess.Popen]:
     """`dagster-daemon run` on the project's workspace, in its own process group."""
     process = start_in_own_group(
         [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
@@ -118,9 +125,14 @@ def dagster_daemon(home: Path, env: Mapping[str, str], log_path: Path) -> Iterat
         stop_process_group(process)
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 1.0,
-             on_timeout: Callable[[], str] | None = None,
-             on_poll: Callable[[], None] | None = None) -> T:
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    on_timeout: Callable[[], str] | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> T:
     """Poll until condition() is truthy and return its value; on_poll runs before each try."""
     deadline = time.monotonic() + timeout
     while True:
@@ -173,8 +185,13 @@ def run_keys(record: RunRecord) -> list[str]:
     return record.dagster_run.tags[OBJECTS_TAG].split(",")
 
 
-def assert_packed(runs: list[RunRecord], keys: list[str], clusters: Mapping[str, str],
-                  objects_per_run: int, detail: str) -> None:
+def assert_packed(
+    runs: list[RunRecord],
+    keys: list[str],
+    clusters: Mapping[str, str],
+    objects_per_run: int,
+    detail: str,
+) -> None:
     """At most objects_per_run objects a run, each object in exactly one run, each
     run a contiguous range of `keys` (the partition order) on its objects' cluster."""
     assert len(runs) == math.ceil(len(keys) / objects_per_run), detail
@@ -193,9 +210,14 @@ def describe_runs(instance: DagsterInstance) -> str:
     lines = []
     for rec in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
         run = rec.dagster_run
-        span = f"{rec.start_time:.1f}-{rec.end_time:.1f}" if rec.start_time and rec.end_time else "-"
-        launcher = (f"backfill={run.tags[BACKFILL_ID_TAG]}" if BACKFILL_ID_TAG in run.tags
-                    else f"sensor={run.tags.get(SENSOR_NAME_TAG, '-')}")
+        span = (
+            f"{rec.start_time:.1f}-{rec.end_time:.1f}" if rec.start_time and rec.end_time else "-"
+        )
+        launcher = (
+            f"backfill={run.tags[BACKFILL_ID_TAG]}"
+            if BACKFILL_ID_TAG in run.tags
+            else f"sensor={run.tags.get(SENSOR_NAME_TAG, '-')}"
+        )
         lines.append(
             f"{run.run_id[:8]} {run.status.value:9} cluster={run.tags.get(CLUSTER_TAG, '-')} {launcher} "
             f"{span} objects={run.tags.get(OBJECTS_TAG) or run.tags.get('dagster/partition', '')}"

@@ -14,7 +14,10 @@ import shutil
 
 import pytest
 from dagster import AssetKey, DagsterEventType, materialize
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
@@ -35,17 +38,45 @@ BAD_CONFIGS = [
     ("malformed.yaml", "- code: hr\n  name: [unclosed\n", ["malformed YAML", "line"]),
     ("scalar.yaml", "just a string\n", ["expected an object"]),
     ("empty.yaml", "", ["file is empty"]),
-    ("missing_field.yaml", GOOD.replace("target: {table: hr_people}\n", ""), ["target", "missing required field"]),
+    (
+        "missing_field.yaml",
+        GOOD.replace("target: {table: hr_people}\n", ""),
+        ["target", "missing required field"],
+    ),
     ("unknown_field.yaml", GOOD + "owner: me\n", ["owner", "unknown field"]),
     ("wrong_type.yaml", GOOD.replace("name: people", "name: 42"), ["name", "must be a string"]),
-    ("wrong_options.yaml", GOOD.replace("{header: true}", "[header]"), ["source.options", "mapping"]),
-    ("comma_key.yaml", GOOD.replace("name: people", "name: 'a,b'"), ["name", "not a safe identifier"]),
-    ("space_key.yaml", GOOD.replace("name: people", "name: 'a b'"), ["name", "not a safe identifier"]),
+    (
+        "wrong_options.yaml",
+        GOOD.replace("{header: true}", "[header]"),
+        ["source.options", "mapping"],
+    ),
+    (
+        "comma_key.yaml",
+        GOOD.replace("name: people", "name: 'a,b'"),
+        ["name", "not a safe identifier"],
+    ),
+    (
+        "space_key.yaml",
+        GOOD.replace("name: people", "name: 'a b'"),
+        ["name", "not a safe identifier"],
+    ),
     ("upper_key.yaml", GOOD.replace("code: hr", "code: HR"), ["code", "not a safe identifier"]),
     ("long_key.yaml", GOOD.replace("name: people", "name: " + "p" * 41), ["name", "at most 40"]),
-    ("sql_table.yaml", GOOD.replace("table: hr_people", "table: 'x; DROP TABLE y'"), ["target.table", "plain table name"]),
-    ("dotdot.yaml", GOOD.replace("erp/employees/*.csv", "../../etc/passwd"), ["source.path", "'..' is not allowed"]),
-    ("absolute.yaml", GOOD.replace("erp/employees/*.csv", "/etc/passwd"), ["source.path", "not absolute"]),
+    (
+        "sql_table.yaml",
+        GOOD.replace("table: hr_people", "table: 'x; DROP TABLE y'"),
+        ["target.table", "plain table name"],
+    ),
+    (
+        "dotdot.yaml",
+        GOOD.replace("erp/employees/*.csv", "../../etc/passwd"),
+        ["source.path", "'..' is not allowed"],
+    ),
+    (
+        "absolute.yaml",
+        GOOD.replace("erp/employees/*.csv", "/etc/passwd"),
+        ["source.path", "not absolute"],
+    ),
 ]
 
 
@@ -69,8 +100,12 @@ def test_a_duplicate_key_names_both_files_and_rejects_both(instance, project):
     result = tick(instance, project)
     errors = result.logs.messages(logging.ERROR)
     clash = [m for m in errors if "duplicate partition key 'erp-customers'" in m]
-    assert any("copy.yaml: erp-customers" in m and "also declared in erp.yaml" in m for m in clash), errors
-    assert any("erp.yaml: erp-customers" in m and "also declared in copy.yaml" in m for m in clash), errors
+    assert any(
+        "copy.yaml: erp-customers" in m and "also declared in erp.yaml" in m for m in clash
+    ), errors
+    assert any(
+        "erp.yaml: erp-customers" in m and "also declared in copy.yaml" in m for m in clash
+    ), errors
     requested = {r.partition_key for r in result.run_requests}
     assert "erp-customers" not in requested
     assert requested == set(project.keys) - {"erp-customers"}
@@ -89,7 +124,9 @@ def run_pack(project, spark_resource, instance, keys):
     )
 
 
-def test_bad_sources_fail_alone_and_keep_their_previous_loads(instance, project, spark_resource, tmp_path):
+def test_bad_sources_fail_alone_and_keep_their_previous_loads(
+    instance, project, spark_resource, tmp_path
+):
     # A symlink that leads outside the data root, declared by a valid-looking config.
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -111,7 +148,9 @@ def test_bad_sources_fail_alone_and_keep_their_previous_loads(instance, project,
     products.write_text(products.read_text().splitlines()[0] + "\n")  # empty: header only
     stores = project.data / "erp" / "stores" / "stores.csv"
     lines = stores.read_text().splitlines()
-    stores.write_text("\n".join([lines[0] + ",region"] + [line + ",north" for line in lines[1:]]) + "\n")
+    stores.write_text(
+        "\n".join([lines[0] + ",region"] + [line + ",north" for line in lines[1:]]) + "\n"
+    )
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["hr-leak"])
 
     second = run_pack(project, spark_resource, instance, PACK)

@@ -27,7 +27,11 @@ from fanout_dagster.ingest import AUDIT_COLUMNS
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import CLUSTER_TAG, CLUSTERS_TAG, OBJECTS_TAG, record_clusters
-from fanout_dagster.run_coordinator import BRONZE_KEY, ClusterTaggingRunCoordinator, run_partition_keys
+from fanout_dagster.run_coordinator import (
+    BRONZE_KEY,
+    ClusterTaggingRunCoordinator,
+    run_partition_keys,
+)
 from fanout_dagster_tests.conftest import REPO_ROOT, SAMPLE_DATA
 from fanout_dagster_tests.helpers import expected_source_files, instance, spark_source_count  # noqa: F401
 
@@ -109,7 +113,11 @@ def test_a_pack_materializes_each_object_on_its_own(spark, spark_resource, proje
     added = ["erp-suppliers", "crm-campaigns", "finance-fx_rates", "erp-stores", "erp-products"]
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, added)
     result = run(
-        project, spark_resource, instance, objects_per_run=3, tags=range_tags("crm-campaigns", "erp-stores")
+        project,
+        spark_resource,
+        instance,
+        objects_per_run=3,
+        tags=range_tags("crm-campaigns", "erp-stores"),
     )
 
     assert result.success
@@ -123,13 +131,17 @@ def test_a_pack_materializes_each_object_on_its_own(spark, spark_resource, proje
     assert not (project.warehouse / "erp_suppliers").exists()
 
 
-def test_a_broken_object_fails_the_pack_alone_and_heals_on_rerun(spark, spark_resource, project, instance):
+def test_a_broken_object_fails_the_pack_alone_and_heals_on_rerun(
+    spark, spark_resource, project, instance
+):
     objects = load_objects(project.configs).by_key()
     keys = ["erp-stores", "erp-suppliers", "crm-campaigns"]
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, keys)
     shutil.rmtree(project.data / "erp" / "suppliers")
 
-    failed = run(project, spark_resource, instance, objects_per_run=3, tags=range_tags(keys[0], keys[-1]))
+    failed = run(
+        project, spark_resource, instance, objects_per_run=3, tags=range_tags(keys[0], keys[-1])
+    )
     assert not failed.success
     assert instance.get_materialized_partitions(BRONZE) == {"erp-stores", "crm-campaigns"}
     for key in ("erp-stores", "crm-campaigns"):
@@ -140,7 +152,10 @@ def test_a_broken_object_fails_the_pack_alone_and_heals_on_rerun(spark, spark_re
     assert [o.partition_key for o in observations] == ["erp-suppliers"]
     metadata = observations[0].asset_observation.metadata
     assert metadata["status"].value == "failed"
-    assert "SourceError" in metadata["error"].value and "erp/suppliers/*.csv" in metadata["error"].value
+    assert (
+        "SourceError" in metadata["error"].value
+        and "erp/suppliers/*.csv" in metadata["error"].value
+    )
     assert "Traceback" in metadata["traceback"].value
     # ...and the step's failure names it.
     message = step_failure_message(failed)
@@ -151,7 +166,9 @@ def test_a_broken_object_fails_the_pack_alone_and_heals_on_rerun(spark, spark_re
     shutil.copytree(SAMPLE_DATA / "erp" / "suppliers", project.data / "erp" / "suppliers")
     healed = run(project, spark_resource, instance, partition_key="erp-suppliers")
     assert healed.success
-    check_materialization(spark, project, materializations(healed)["erp-suppliers"][0], objects["erp-suppliers"])
+    check_materialization(
+        spark, project, materializations(healed)["erp-suppliers"][0], objects["erp-suppliers"]
+    )
     assert instance.get_materialized_partitions(BRONZE) == set(keys)
 
 
@@ -234,7 +251,12 @@ def placed(instance):
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ADDED)
     record_clusters(
         instance,
-        {"erp-orders": "default", "crm-contacts": "default", "crm-web_events": "heavy", "erp-inventory": "heavy"},
+        {
+            "erp-orders": "default",
+            "crm-contacts": "default",
+            "crm-web_events": "heavy",
+            "erp-inventory": "heavy",
+        },
     )
     return instance
 
@@ -256,7 +278,10 @@ def test_placement_tags_for_a_single_partition(placed, bronze_job, coordinator):
     assert coordinator.placement_tags(run_) == {OBJECTS_TAG: "crm-web_events", CLUSTER_TAG: "heavy"}
     # An object the sensor never placed runs on the default cluster.
     unplaced = make_run(placed, bronze_job, {PARTITION_NAME_TAG: "erp-customers"})
-    assert coordinator.placement_tags(unplaced) == {OBJECTS_TAG: "erp-customers", CLUSTER_TAG: "default"}
+    assert coordinator.placement_tags(unplaced) == {
+        OBJECTS_TAG: "erp-customers",
+        CLUSTER_TAG: "default",
+    }
 
 
 def test_placement_tags_for_a_range_in_partition_order(placed, bronze_job, coordinator):
@@ -287,7 +312,8 @@ def test_a_mixed_pack_runs_under_its_most_constrained_cluster(bronze_job):
         "concurrency": {
             "runs": {
                 "tag_concurrency_limits": [
-                    {"key": CLUSTER_TAG, "value": name, "limit": limit} for name, limit in limits.items()
+                    {"key": CLUSTER_TAG, "value": name, "limit": limit}
+                    for name, limit in limits.items()
                 ]
             }
         }
@@ -310,10 +336,16 @@ def test_placement_tags_keep_what_the_run_already_says(placed, bronze_job, coord
     sensor_run = make_run(
         placed,
         bronze_job,
-        {PARTITION_NAME_TAG: "crm-web_events", CLUSTER_TAG: "special", OBJECTS_TAG: "crm-web_events"},
+        {
+            PARTITION_NAME_TAG: "crm-web_events",
+            CLUSTER_TAG: "special",
+            OBJECTS_TAG: "crm-web_events",
+        },
     )
     assert coordinator.placement_tags(sensor_run) == {}
-    other_asset = make_run(placed, bronze_job, {PARTITION_NAME_TAG: "erp-orders"}, asset_selection=None)
+    other_asset = make_run(
+        placed, bronze_job, {PARTITION_NAME_TAG: "erp-orders"}, asset_selection=None
+    )
     assert coordinator.placement_tags(other_asset) == {}
 
 
@@ -334,7 +366,10 @@ def test_dagster_yaml_installs_the_coordinator_with_its_cluster_limits(project, 
         coordinator = configured.run_coordinator
         assert isinstance(coordinator, ClusterTaggingRunCoordinator)
         queue = configured.get_concurrency_config().run_queue_config
-        limits = {(limit["key"], limit.get("value")): limit["limit"] for limit in queue.tag_concurrency_limits}
+        limits = {
+            (limit["key"], limit.get("value")): limit["limit"]
+            for limit in queue.tag_concurrency_limits
+        }
         assert limits[(CLUSTER_TAG, "heavy")] == 1 and limits[(CLUSTER_TAG, "default")] == 2
 
         configured.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["crm-web_events"])

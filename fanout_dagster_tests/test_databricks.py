@@ -40,7 +40,11 @@ def keep_objects(project, keys: list[str]) -> None:
         {
             "code": o.code,
             "name": o.name,
-            "source": {"format": o.source.format, "path": o.source.path, "options": dict(o.source.options)},
+            "source": {
+                "format": o.source.format,
+                "path": o.source.path,
+                "options": dict(o.source.options),
+            },
             "target": {"table": o.target.table, "mode": o.target.mode},
             "cluster": o.cluster,
         }
@@ -50,14 +54,22 @@ def keep_objects(project, keys: list[str]) -> None:
 
 
 @contextmanager
-def databricks_deployment(project, tmp_path: Path, *, objects_per_run: int,
-                          cluster_limits: dict[str, int], max_runs: int = 3,
-                          cluster_start_seconds: float = 0.0):
+def databricks_deployment(
+    project,
+    tmp_path: Path,
+    *,
+    objects_per_run: int,
+    cluster_limits: dict[str, int],
+    max_runs: int = 3,
+    cluster_start_seconds: float = 0.0,
+):
     """Emulator + daemon with FANOUT_TARGET=databricks; yields (instance, emulator, home)."""
     home = write_dagster_home(
         tmp_path / "dagster_home", max_concurrent_runs=max_runs, cluster_limits=cluster_limits
     )
-    with run_emulator(root=tmp_path / "emulator", cluster_start_seconds=cluster_start_seconds) as emu:
+    with run_emulator(
+        root=tmp_path / "emulator", cluster_start_seconds=cluster_start_seconds
+    ) as emu:
         env = {
             **project.env(),
             "FANOUT_TARGET": "databricks",
@@ -76,7 +88,9 @@ def run_logs(instance, run_id: str) -> list[str]:
     return [entry.user_message or "" for entry in instance.all_logs(run_id)]
 
 
-def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(project, tmp_path, spark):
+def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(
+    project, tmp_path, spark
+):
     keep_objects(project, ["erp-customers", "erp-products", "erp-suppliers", "erp-order_lines"])
     # erp-suppliers' source disappears: its object must fail on the cluster, alone.
     shutil.rmtree(project.data / "erp" / "suppliers")
@@ -103,7 +117,9 @@ def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(pr
                 lambda: all_runs_finished(instance, 3),
                 timeout=600,
                 what="the databricks runs",
-                on_timeout=lambda: describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:],
+                on_timeout=lambda: (
+                    describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:]
+                ),
             )
         finally:
             stop.set()
@@ -119,7 +135,9 @@ def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(pr
 
         # Per-object truth: the healthy objects materialized, the broken one did not.
         assert instance.get_materialized_partitions(BRONZE) == {
-            "erp-customers", "erp-products", "erp-order_lines"
+            "erp-customers",
+            "erp-products",
+            "erp-order_lines",
         }
         failed = [r for r in records if r.dagster_run.status == DagsterRunStatus.FAILURE]
         assert len(failed) == 1 and "erp-suppliers" in failed[0].dagster_run.tags["fanout/objects"]
@@ -130,7 +148,10 @@ def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(pr
         step_failures = instance.get_records_for_run(
             failed[0].dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE
         ).records
-        assert "erp-suppliers" in step_failures[0].event_log_entry.dagster_event.step_failure_data.error.message
+        assert (
+            "erp-suppliers"
+            in step_failures[0].event_log_entry.dagster_event.step_failure_data.error.message
+        )
 
         # The remote stdout (captured on the cluster, read back from DBFS) is in the logs.
         for record in records:
@@ -158,7 +179,9 @@ def test_packs_run_on_databricks_with_per_object_outcomes_and_no_leaked_token(pr
     # The data landed, exactly once per object.
     for key in ("erp-customers", "erp-products"):
         obj = objects[key]
-        source = spark.read.option("header", "true").csv(str(project.data / obj.source.path)).count()
+        source = (
+            spark.read.option("header", "true").csv(str(project.data / obj.source.path)).count()
+        )
         assert spark.read.parquet(str(project.warehouse / obj.target.table)).count() == source
 
 
@@ -166,20 +189,30 @@ def test_terminating_the_dagster_run_cancels_the_databricks_run(project, tmp_pat
     keep_objects(project, ["erp-customers"])
     # A slow cluster start keeps the Databricks run PENDING long enough to cancel it.
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1},
+        project,
+        tmp_path,
+        objects_per_run=1,
+        cluster_limits={"default": 1},
         cluster_start_seconds=120,
     ) as (instance, emu, _home):
-        wait_for(lambda: emu.stats()["runs_submitted"] == 1, 300, "the Databricks submit",
-                 on_timeout=lambda: describe_runs(instance))
+        wait_for(
+            lambda: emu.stats()["runs_submitted"] == 1,
+            300,
+            "the Databricks submit",
+            on_timeout=lambda: describe_runs(instance),
+        )
         (run,) = instance.get_runs()
         assert instance.run_launcher.terminate(run.run_id)
         wait_for(
             lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED,
-            120, "the Dagster run to be canceled",
+            120,
+            "the Dagster run to be canceled",
         )
         wait_for(
-            lambda: emu.stats()["runs_by_result_state"].get("CANCELED") == 1, 60,
-            "the Databricks run to be canceled", on_timeout=lambda: str(emu.stats()),
+            lambda: emu.stats()["runs_by_result_state"].get("CANCELED") == 1,
+            60,
+            "the Databricks run to be canceled",
+            on_timeout=lambda: str(emu.stats()),
         )
         assert emu.stats()["running_now"] == 0
         assert emu.stats()["runs_started"] == 0
@@ -193,8 +226,12 @@ def test_a_lost_submit_response_never_runs_an_object_twice(project, tmp_path, sp
         # The first runs/submit creates the run, then its response is dropped;
         # databricks-sdk retries the POST with the same idempotency token.
         emu.inject_faults(drop_submit_responses=1)
-        wait_for(lambda: all_runs_finished(instance, 1), 600, "the run",
-                 on_timeout=lambda: describe_runs(instance))
+        wait_for(
+            lambda: all_runs_finished(instance, 1),
+            600,
+            "the run",
+            on_timeout=lambda: describe_runs(instance),
+        )
         stats = emu.stats()
         assert instance.get_runs()[0].status == DagsterRunStatus.SUCCESS, describe_runs(instance)
 
@@ -206,4 +243,6 @@ def test_a_lost_submit_response_never_runs_an_object_twice(project, tmp_path, sp
     table = spark.read.parquet(str(project.warehouse / "erp_payments"))
     source = spark.read.option("header", "true").csv(str(project.data / "erp/payments"))
     assert table.count() == source.count()
-    assert table.select("_load_id").distinct().count() == len(list((project.data / "erp/payments").glob("*.csv")))
+    assert table.select("_load_id").distinct().count() == len(
+        list((project.data / "erp/payments").glob("*.csv"))
+    )

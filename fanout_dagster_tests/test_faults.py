@@ -23,8 +23,13 @@ from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import OBJECTS_TAG
-from fanout_dagster_tests.helpers import expected_source_files, load_dirs, spark_source_count, tree_snapshot
 from fanout_dagster_tests.dagster_processes import all_runs_finished, describe_runs, wait_for
+from fanout_dagster_tests.helpers import (
+    expected_source_files,
+    load_dirs,
+    spark_source_count,
+    tree_snapshot,
+)
 from fanout_dagster_tests.test_databricks import databricks_deployment, keep_objects
 
 BRONZE = AssetKey("bronze")
@@ -50,7 +55,12 @@ def step_failure_messages(instance, run_id: str) -> list[str]:
 def staging_leftovers(warehouse: Path) -> list[str]:
     """Anything the writer left in its staging or trash folders."""
     folders = [warehouse / "_staging", warehouse / "_trash"]
-    return [str(p.relative_to(warehouse)) for folder in folders if folder.exists() for p in folder.rglob("*")]
+    return [
+        str(p.relative_to(warehouse))
+        for folder in folders
+        if folder.exists()
+        for p in folder.rglob("*")
+    ]
 
 
 # --------------------------------------------------------------------------- 1. write fails half way
@@ -80,10 +90,14 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")
     try:
         with instance_for_test() as instance:
+
             def run():
                 return materialize(
-                    [bronze], resources=project.resources(spark_resource), instance=instance,
-                    partition_key=key, raise_on_error=False,
+                    [bronze],
+                    resources=project.resources(spark_resource),
+                    instance=instance,
+                    partition_key=key,
+                    raise_on_error=False,
                 )
 
             instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, [key])
@@ -100,7 +114,9 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             good = Path(victim).read_text()
             _header, *rows = good.splitlines()
             extra_rows = "\n".join(rows[:3]) + "\n"
-            Path(victim).write_text(good + extra_rows + "999999,SO-BROKEN,1,2,3,4,5,6,7,8,9,10,11,12,13\n")
+            Path(victim).write_text(
+                good + extra_rows + "999999,SO-BROKEN,1,2,3,4,5,6,7,8,9,10,11,12,13\n"
+            )
             assert victim == min(files, key=lambda f: os.path.getsize(f))
 
             jobs_before = set(tracker.getJobIdsForGroup(None))
@@ -115,7 +131,9 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             assert "FAILED_READ_FILE" in message and len(message) < 2000, message[:2000]
             # It failed inside the write job, half way: tasks of the failed job
             # completed (their part files were written) before one failed.
-            new_jobs = [tracker.getJobInfo(j) for j in set(tracker.getJobIdsForGroup(None)) - jobs_before]
+            new_jobs = [
+                tracker.getJobInfo(j) for j in set(tracker.getJobIdsForGroup(None)) - jobs_before
+            ]
             failed_jobs = [j for j in new_jobs if j is not None and j.status == "FAILED"]
             assert failed_jobs, [(j.jobId, j.status) for j in new_jobs if j]
             stages = [tracker.getStageInfo(s) for j in failed_jobs for s in j.stageIds]
@@ -187,8 +205,14 @@ def materializations_per_partition(instance) -> dict[str, list[str]]:
 
 
 def run_failure(instance, run_id: str) -> str:
-    events = instance.all_logs(run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.STEP_FAILURE,
-                                                DagsterEventType.ENGINE_EVENT})
+    events = instance.all_logs(
+        run_id,
+        of_type={
+            DagsterEventType.RUN_FAILURE,
+            DagsterEventType.STEP_FAILURE,
+            DagsterEventType.ENGINE_EVENT,
+        },
+    )
     return "\n".join(f"  {e.dagster_event.event_type_value}: {e.user_message}" for e in events)
 
 
@@ -217,7 +241,9 @@ HOST_LOSS_REASON = (
     "kill_scope",
     [
         "daemon_process",
-        pytest.param("process_group", marks=pytest.mark.xfail(strict=True, reason=HOST_LOSS_REASON)),
+        pytest.param(
+            "process_group", marks=pytest.mark.xfail(strict=True, reason=HOST_LOSS_REASON)
+        ),
     ],
 )
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
@@ -252,8 +278,9 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
     keep_objects(project, BACKFILL_OBJECTS)
     objects = load_objects(project.configs).by_key()
     keys = sorted(objects)
-    home = write_dagster_home(tmp_path / "dagster_home", max_concurrent_runs=1,
-                              cluster_limits={"default": 1, "heavy": 1})
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=1, cluster_limits={"default": 1, "heavy": 1}
+    )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "1", "FANOUT_THREADS_PER_RUN": "1"}
     daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
 
@@ -280,10 +307,17 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
                     statuses = run_statuses(instance)
                     return statuses == ["QUEUED", "STARTED", "SUCCESS"]
 
-                wait_for(one_done_one_running_one_queued, 300, "a finished, a started and a queued run",
-                         interval=0.2, on_timeout=lambda: describe_runs(instance) + logs())
+                wait_for(
+                    one_done_one_running_one_queued,
+                    300,
+                    "a finished, a started and a queued run",
+                    interval=0.2,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
                 at_kill = {run.run_id: run.status for run in instance.get_runs()}
-                [in_flight] = [run_id for run_id, st in at_kill.items() if st == DagsterRunStatus.STARTED]
+                [in_flight] = [
+                    run_id for run_id, st in at_kill.items() if st == DagsterRunStatus.STARTED
+                ]
                 processes = group_members(killed_pgid)
                 if kill_scope == "daemon_process":
                     os.kill(first_daemon.pid, signal.SIGKILL)
@@ -297,19 +331,33 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
                 # A run whose worker died must not stay STARTED: within a minute of
                 # the restart it has finished (its orphaned worker completed it) or
                 # been marked failed and retried.
-                wait_for(lambda: instance.get_run_by_id(in_flight).status != DagsterRunStatus.STARTED, 60,
-                         "the run in flight at the kill to leave STARTED", interval=0.5,
-                         on_timeout=lambda: f"survivors of the kill: {survivors}\n" + describe_runs(instance))
-                status = wait_backfill(instance, backfill_id, timeout=300,
-                                       on_timeout=lambda: describe_runs(instance) + logs())
+                wait_for(
+                    lambda: instance.get_run_by_id(in_flight).status != DagsterRunStatus.STARTED,
+                    60,
+                    "the run in flight at the kill to leave STARTED",
+                    interval=0.5,
+                    on_timeout=lambda: (
+                        f"survivors of the kill: {survivors}\n" + describe_runs(instance)
+                    ),
+                )
+                status = wait_backfill(
+                    instance,
+                    backfill_id,
+                    timeout=300,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
         finally:
             if killed_pgid is not None:
                 kill_leftover_group(killed_pgid)
 
         detail = (
-            f"at kill: {at_kill}\nprocesses: {processes}\nsurvivors: {survivors}\n" + describe_runs(instance)
-            + "".join(f"\n{run.run_id[:8]}: {run_failure(instance, run.run_id)}" for run in instance.get_runs()
-                      if run.status != DagsterRunStatus.SUCCESS)
+            f"at kill: {at_kill}\nprocesses: {processes}\nsurvivors: {survivors}\n"
+            + describe_runs(instance)
+            + "".join(
+                f"\n{run.run_id[:8]}: {run_failure(instance, run.run_id)}"
+                for run in instance.get_runs()
+                if run.status != DagsterRunStatus.SUCCESS
+            )
         )
         assert status == BulkActionStatus.COMPLETED_SUCCESS, detail + logs()
         runs = instance.get_runs()
@@ -319,20 +367,28 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         assert sorted(run.tags[OBJECTS_TAG] for run in runs) == keys, detail
         # Each partition materialized exactly once, by its run.
         per_partition = materializations_per_partition(instance)
-        assert sorted(per_partition) == keys and all(len(v) == 1 for v in per_partition.values()), per_partition
+        assert sorted(per_partition) == keys and all(len(v) == 1 for v in per_partition.values()), (
+            per_partition
+        )
 
     # The data: each table holds its source once, written by that one run.
     for key, obj in objects.items():
         table_dir = project.warehouse / obj.target.table
         table_df = spark.read.parquet(str(table_dir))
-        assert table_df.count() == spark_source_count(spark, obj, expected_source_files(project.data, obj)), key
+        assert table_df.count() == spark_source_count(
+            spark, obj, expected_source_files(project.data, obj)
+        ), key
         if obj.target.mode == "overwrite":
             assert len(load_dirs(table_dir)) == 1, (key, load_dirs(table_dir))
             assert table_df.select("_load_id").distinct().count() == 1, key
-        writers = {r._dagster_run_id for r in table_df.select("_dagster_run_id").distinct().collect()}
+        writers = {
+            r._dagster_run_id for r in table_df.select("_dagster_run_id").distinct().collect()
+        }
         assert writers == set(per_partition[key]), (key, writers)
-    print(f"\n{kill_scope}: killed with runs {sorted(s.value for s in at_kill.values())}; "
-          f"processes {processes}; survivors {survivors}")
+    print(
+        f"\n{kill_scope}: killed with runs {sorted(s.value for s in at_kill.values())}; "
+        f"processes {processes}; survivors {survivors}"
+    )
 
 
 # --------------------------------------------------------------------------- Databricks target helpers
@@ -385,7 +441,9 @@ def wait_for_remote_spark(emu, instance, timeout: float) -> tuple[int, int, dict
         run_id, task_key = only_emulator_run(emu)
         page = emu.run_page(run_id)
         state = page["state"]["life_cycle_state"]
-        assert state in ("PENDING", "RUNNING"), f"the Databricks run ended before the fault: {page['state']}"
+        assert state in ("PENDING", "RUNNING"), (
+            f"the Databricks run ended before the fault: {page['state']}"
+        )
         pid = page["task_logs"][task_key]["pid"]
         if state != "RUNNING" or not pid:
             return False
@@ -395,8 +453,13 @@ def wait_for_remote_spark(emu, instance, timeout: float) -> tuple[int, int, dict
         found.update(run_id=run_id, pid=pid, members=members)
         return True
 
-    wait_for(ready, timeout, "the Databricks run to be RUNNING with its Spark JVM", interval=0.1,
-             on_timeout=lambda: describe_runs(instance) + "\n" + str(emu.stats()))
+    wait_for(
+        ready,
+        timeout,
+        "the Databricks run to be RUNNING with its Spark JVM",
+        interval=0.1,
+        on_timeout=lambda: describe_runs(instance) + "\n" + str(emu.stats()),
+    )
     return found["run_id"], found["pid"], found["members"]
 
 
@@ -409,7 +472,9 @@ def the_dagster_run(instance, timeout: float):
 
 
 @pytest.mark.slow
-def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(project, tmp_path, spark):
+def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
+    project, tmp_path, spark
+):
     """3 x 429 on runs/get while the run is going, 3 x 503 on DBFS while the
     step stages its files: the SDK's retries absorb them, the run succeeds,
     one Databricks run does the work once."""
@@ -421,11 +486,19 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(proj
         # Before the step: its DBFS uploads (code bundle, step run ref) get 503s.
         emu.inject_faults(http_503=3, path_prefix="/api/2.0/dbfs/")
         # Once the run is submitted: the launcher's polls get 429s.
-        wait_for(lambda: emu.stats()["runs_submitted"] >= 1, 300, "the Databricks submit",
-                 on_timeout=lambda: describe_runs(instance))
+        wait_for(
+            lambda: emu.stats()["runs_submitted"] >= 1,
+            300,
+            "the Databricks submit",
+            on_timeout=lambda: describe_runs(instance),
+        )
         emu.inject_faults(http_429=3, path_prefix="/api/2.2/jobs/runs/get")
-        wait_for(lambda: all_runs_finished(instance, 1), 300, "the run",
-                 on_timeout=lambda: describe_runs(instance) + str(emu.stats()))
+        wait_for(
+            lambda: all_runs_finished(instance, 1),
+            300,
+            "the run",
+            on_timeout=lambda: describe_runs(instance) + str(emu.stats()),
+        )
         stats = emu.stats()
         pending = emu.faults.pending()
         [run] = instance.get_runs()
@@ -443,7 +516,9 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(proj
 
     obj = load_objects(project.configs).by_key()[key]
     table_df = spark.read.parquet(str(project.warehouse / table))
-    assert table_df.count() == spark_source_count(spark, obj, expected_source_files(project.data, obj))
+    assert table_df.count() == spark_source_count(
+        spark, obj, expected_source_files(project.data, obj)
+    )
     assert table_df.select("_load_id").distinct().count() == 1
 
 
@@ -469,14 +544,22 @@ def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databr
         body = emu.wait_for_run(databricks_run_id, timeout=60)
         state = body["state"]
         assert (state["life_cycle_state"], state.get("result_state")) in (
-            ("TERMINATED", "FAILED"), ("INTERNAL_ERROR", None), ("INTERNAL_ERROR", "FAILED"),
+            ("TERMINATED", "FAILED"),
+            ("INTERNAL_ERROR", None),
+            ("INTERNAL_ERROR", "FAILED"),
         ), state
         assert state["state_message"], state
-        assert emu.stats()["runs_by_result_state"] == {state.get("result_state") or "INTERNAL_ERROR": 1}
+        assert emu.stats()["runs_by_result_state"] == {
+            state.get("result_state") or "INTERNAL_ERROR": 1
+        }
 
         run = the_dagster_run(instance, 5)
-        wait_for(lambda: instance.get_run_by_id(run.run_id).status in FINISHED_STATUSES, 120,
-                 "the Dagster run to finish", on_timeout=lambda: describe_runs(instance))
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status in FINISHED_STATUSES,
+            120,
+            "the Dagster run to finish",
+            on_timeout=lambda: describe_runs(instance),
+        )
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         [message] = step_failure_messages(instance, run.run_id)
         assert f"Run `{databricks_run_id}` failed with result state" in message, message
@@ -491,7 +574,9 @@ def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databr
 
 
 @pytest.mark.slow
-def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_processes(project, tmp_path):
+def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_processes(
+    project, tmp_path
+):
     """Terminate (the UI's button) while the Databricks run is RUNNING with a
     Spark JVM: the Databricks run ends CANCELED and its python and JVM are gone."""
     key = "erp-order_lines"
@@ -504,14 +589,30 @@ def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_pr
         run = the_dagster_run(instance, 5)
         assert instance.run_launcher.terminate(run.run_id)
 
-        wait_for(lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED, 120,
-                 "the Dagster run to be canceled", on_timeout=lambda: describe_runs(instance))
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED,
+            120,
+            "the Dagster run to be canceled",
+            on_timeout=lambda: describe_runs(instance),
+        )
         body = emu.wait_for_run(databricks_run_id, timeout=60)
-        assert (body["state"]["life_cycle_state"], body["state"]["result_state"]) == ("TERMINATED", "CANCELED")
-        assert emu.run_state_history(databricks_run_id)[-3:] == ["RUNNING", "TERMINATING", "TERMINATED"]
+        assert (body["state"]["life_cycle_state"], body["state"]["result_state"]) == (
+            "TERMINATED",
+            "CANCELED",
+        )
+        assert emu.run_state_history(databricks_run_id)[-3:] == [
+            "RUNNING",
+            "TERMINATING",
+            "TERMINATED",
+        ]
         assert emu.stats()["runs_by_result_state"] == {"CANCELED": 1}
         assert emu.stats()["running_now"] == 0
         # The driver's python and its JVM are gone, not orphaned.
-        wait_for(lambda: not any(alive(pid) for pid in members), 30, "the task processes to exit",
-                 interval=0.2, on_timeout=lambda: str(group_members(pgid)))
+        wait_for(
+            lambda: not any(alive(pid) for pid in members),
+            30,
+            "the task processes to exit",
+            interval=0.2,
+            on_timeout=lambda: str(group_members(pgid)),
+        )
         assert instance.get_materialized_partitions(BRONZE) == set()

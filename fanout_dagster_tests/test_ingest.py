@@ -71,9 +71,15 @@ def test_resolve_directory_and_recursive_glob(project):
     (orders_dir / "_temporary" / "part-0.csv").write_text("x")
     assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/orders")) == expected
     # A recursive glob.
-    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv")) == expected
+    assert (
+        resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv"))
+        == expected
+    )
     # The root may be given as a file:// URI.
-    assert resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv")) == expected
+    assert (
+        resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv"))
+        == expected
+    )
 
 
 def test_resolve_lists_each_file_once(project):
@@ -123,7 +129,9 @@ def test_resolve_with_glob_characters_in_the_data_root_path(tmp_path):
     root = tmp_path / "data[v1]"
     (root / "erp").mkdir(parents=True)
     (root / "erp" / "x.csv").write_text("a\n1\n")
-    assert resolve_source_files(str(root), SourceSpec("csv", "erp/*.csv")) == [str((root / "erp" / "x.csv").resolve())]
+    assert resolve_source_files(str(root), SourceSpec("csv", "erp/*.csv")) == [
+        str((root / "erp" / "x.csv").resolve())
+    ]
 
 
 def test_resolve_without_matching_files_is_a_clear_error(project):
@@ -191,7 +199,9 @@ def test_overwrite_rerun_replaces_the_table(spark, project, writer):
     table = read_table(spark, writer, obj.target.table)
     assert table.count() == source_count
     assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={second.load_ids[0]}"]
-    assert {r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()} == {"run-2"}
+    assert {r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()} == {
+        "run-2"
+    }
 
 
 def table_dir(writer, obj):
@@ -208,7 +218,10 @@ def load_dir(writer, obj, load_id):
 
 def rows_per_file(spark, writer, obj) -> dict[str, int]:
     table = read_table(spark, writer, obj.target.table)
-    return {local_path(r["_source_file"]): r["count"] for r in table.groupBy("_source_file").count().collect()}
+    return {
+        local_path(r["_source_file"]): r["count"]
+        for r in table.groupBy("_source_file").count().collect()
+    }
 
 
 def test_append_keeps_one_load_per_source_file(spark, project, writer):
@@ -222,10 +235,15 @@ def test_append_keeps_one_load_per_source_file(spark, project, writer):
     assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={i}" for i in ids)
     table = read_table(spark, writer, obj.target.table)
     # Each file's rows carry that file's load id.
-    by_file = {local_path(r._source_file): r._load_id for r in table.select("_source_file", "_load_id").distinct().collect()}
+    by_file = {
+        local_path(r._source_file): r._load_id
+        for r in table.select("_source_file", "_load_id").distinct().collect()
+    }
     assert by_file == dict(zip(files, ids))
     assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
-    assert result.rows == result.rows_written == table.count() == spark_source_count(spark, obj, files)
+    assert (
+        result.rows == result.rows_written == table.count() == spark_source_count(spark, obj, files)
+    )
     assert result.source_files == result.files_written == len(files)
     assert [name for name, _ in result.columns] == table.columns
     # The hidden marker records what each load was made from.
@@ -245,7 +263,9 @@ def test_append_rerun_with_unchanged_files_is_a_no_op(spark, project, writer):
     assert second.source_files == first.source_files
     assert second.columns == first.columns
     assert tree_snapshot(table_dir(writer, obj)) == snapshot
-    runs = read_table(spark, writer, obj.target.table).select("_dagster_run_id").distinct().collect()
+    runs = (
+        read_table(spark, writer, obj.target.table).select("_dagster_run_id").distinct().collect()
+    )
     assert [r._dagster_run_id for r in runs] == ["run-1"]
 
 
@@ -273,11 +293,15 @@ def test_append_with_a_new_source_file_writes_only_its_load(spark, project, writ
     assert second.source_files == len(files) == first.source_files + 1
     new_rows = spark_source_count(spark, obj, [str(new.resolve())])
     assert second.rows_written == new_rows
-    assert second.rows == first.rows + new_rows == read_table(spark, writer, obj.target.table).count()
+    assert (
+        second.rows == first.rows + new_rows == read_table(spark, writer, obj.target.table).count()
+    )
     # The earlier loads are untouched; the new one is added beside them.
     after = tree_snapshot(table_dir(writer, obj))
     assert {k: v for k, v in after.items() if not k.startswith(f"_load_id={new_id}/")} == before
-    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={file_load_id(project, f)}" for f in files)
+    assert load_dirs(table_dir(writer, obj)) == sorted(
+        f"_load_id={file_load_id(project, f)}" for f in files
+    )
 
 
 def test_append_with_a_new_source_file_keeps_each_source_row_once(spark, project, writer):
@@ -294,7 +318,9 @@ def test_append_with_a_changed_file_replaces_its_load(spark, project, writer):
     ingest(spark, project, writer, obj, run_id="run-1")
     changed = project.data / "erp" / "payments" / "payments_2026-03.csv"
     header, *rows = changed.read_text().splitlines()
-    changed.write_text("\n".join([header] + rows[: len(rows) // 2]) + "\n")  # a corrected, shorter extract
+    changed.write_text(
+        "\n".join([header] + rows[: len(rows) // 2]) + "\n"
+    )  # a corrected, shorter extract
 
     result = ingest(spark, project, writer, obj, run_id="run-2")
     files = expected_source_files(project.data, obj)
@@ -303,7 +329,10 @@ def test_append_with_a_changed_file_replaces_its_load(spark, project, writer):
     # The file's latest version wins, and only its rows were rewritten.
     assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
     table = read_table(spark, writer, obj.target.table)
-    runs = {local_path(r._source_file): r._dagster_run_id for r in table.select("_source_file", "_dagster_run_id").distinct().collect()}
+    runs = {
+        local_path(r._source_file): r._dagster_run_id
+        for r in table.select("_source_file", "_dagster_run_id").distinct().collect()
+    }
     assert runs == {f: "run-2" if f == str(changed.resolve()) else "run-1" for f in files}
 
 
@@ -315,8 +344,14 @@ def test_append_keeps_the_rows_of_a_file_that_left_the_source(spark, project, wr
     add_payments_file(project)
     second = ingest(spark, project, writer, obj, run_id="run-2")
     assert second.files_written == 1 and second.source_files == first.source_files
-    assert file_load_id(project, gone) in {d.removeprefix("_load_id=") for d in load_dirs(table_dir(writer, obj))}
-    assert second.rows == first.rows + second.rows_written == read_table(spark, writer, obj.target.table).count()
+    assert file_load_id(project, gone) in {
+        d.removeprefix("_load_id=") for d in load_dirs(table_dir(writer, obj))
+    }
+    assert (
+        second.rows
+        == first.rows + second.rows_written
+        == read_table(spark, writer, obj.target.table).count()
+    )
 
 
 def test_append_rereads_every_file_when_the_object_config_changes(spark, project, writer):
@@ -324,12 +359,20 @@ def test_append_rereads_every_file_when_the_object_config_changes(spark, project
     first = ingest(spark, project, writer, obj, run_id="run-1")
     # Another reader option: every load was made with the old config.
     changed = dataclasses.replace(
-        obj, source=dataclasses.replace(obj.source, options={**obj.source.options, "mode": "PERMISSIVE"})
+        obj,
+        source=dataclasses.replace(
+            obj.source, options={**obj.source.options, "mode": "PERMISSIVE"}
+        ),
     )
     assert changed.config_hash != obj.config_hash
     second = ingest(spark, project, writer, changed, run_id="run-2")
     assert sorted(second.load_ids) == sorted(first.load_ids)
-    assert second.rows == second.rows_written == first.rows == read_table(spark, writer, obj.target.table).count()
+    assert (
+        second.rows
+        == second.rows_written
+        == first.rows
+        == read_table(spark, writer, obj.target.table).count()
+    )
 
 
 def test_append_with_a_new_file_without_rows(spark, project, writer):
@@ -377,12 +420,18 @@ def test_append_file_names_that_need_escaping(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     folder = project.data / "erp" / "payments"
     june = folder / "payments_2026-06.csv"
-    for name in ("payments_2026+07 100%.csv", "payments_day=2026-07-02.csv", "payments_[é]{a,b}.csv"):
+    for name in (
+        "payments_2026+07 100%.csv",
+        "payments_day=2026-07-02.csv",
+        "payments_[é]{a,b}.csv",
+    ):
         shutil.copy(june, folder / name)
     files = expected_source_files(project.data, obj)
     result = ingest(spark, project, writer, obj, run_id="run-1")
     assert result.files_written == len(files) == 9
-    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={file_load_id(project, f)}" for f in files)
+    assert load_dirs(table_dir(writer, obj)) == sorted(
+        f"_load_id={file_load_id(project, f)}" for f in files
+    )
     assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
 
 
@@ -393,7 +442,9 @@ def test_ingest_with_glob_characters_in_the_data_root(spark, project, tmp_path):
     for key in ("erp-payments", "erp-orders"):
         obj = sample_object(project.configs, key)
         result = ingest_object(spark, obj, data_root=str(root), writer=writer, run_id="run-1")
-        assert result.rows == spark_source_count(spark, obj, expected_source_files(project.data, obj))
+        assert result.rows == spark_source_count(
+            spark, obj, expected_source_files(project.data, obj)
+        )
 
 
 def test_every_resolved_file_is_loaded(spark, project, writer):
@@ -403,7 +454,9 @@ def test_every_resolved_file_is_loaded(spark, project, writer):
     resolved = resolve_source_files(str(project.data), obj.source)
     result = ingest(spark, project, writer, obj, run_id="run-1")
     table = read_table(spark, writer, obj.target.table)
-    loaded = sorted(local_path(r._source_file) for r in table.select("_source_file").distinct().collect())
+    loaded = sorted(
+        local_path(r._source_file) for r in table.select("_source_file").distinct().collect()
+    )
     assert loaded == resolved
     assert result.source_files == len(loaded)
 
@@ -457,10 +510,15 @@ def test_a_changed_schema_is_refused_naming_the_column(spark, project, writer):
     assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
 
 
-def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(spark, project, writer):
+def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(
+    spark, project, writer
+):
     sample = sample_object(project.configs, "erp-orders")
     obj = dataclasses.replace(
-        sample, source=dataclasses.replace(sample.source, options={**sample.source.options, "mode": "FAILFAST"})
+        sample,
+        source=dataclasses.replace(
+            sample.source, options={**sample.source.options, "mode": "FAILFAST"}
+        ),
     )
     files = expected_source_files(project.data, obj)
     first = ingest(spark, project, writer, obj, run_id="run-1")

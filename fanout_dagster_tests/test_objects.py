@@ -49,7 +49,9 @@ def good_object(code="hr", name="people", table=None, **overrides) -> dict:
 def write(folder: Path, name: str, content) -> Path:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    path.write_text(
+        content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+    )
     return path
 
 
@@ -208,13 +210,33 @@ BAD_FIELDS = [
     # (id, mutation, expected field, expected words in the message)
     ("missing-target", _without("target"), "target", "missing required field"),
     ("missing-code", _without("code"), "code", "missing required field"),
-    ("missing-source-path", lambda o: o["source"].pop("path"), "source.path", "missing required field"),
+    (
+        "missing-source-path",
+        lambda o: o["source"].pop("path"),
+        "source.path",
+        "missing required field",
+    ),
     ("unknown-top-level", _set("owner", "me"), "owner", "unknown field"),
-    ("unknown-in-source", _set("source.compression", "gzip"), "source.compression", "unknown field"),
-    ("unknown-in-target", _set("target.partition_by", "day"), "target.partition_by", "unknown field"),
+    (
+        "unknown-in-source",
+        _set("source.compression", "gzip"),
+        "source.compression",
+        "unknown field",
+    ),
+    (
+        "unknown-in-target",
+        _set("target.partition_by", "day"),
+        "target.partition_by",
+        "unknown field",
+    ),
     ("code-int", _set("code", 123), "code", "must be a string, got int"),
     ("options-list", _set("source.options", ["header"]), "source.options", "got list"),
-    ("option-value-dict", _set("source.options.header", {"a": 1}), "source.options.header", "got dict"),
+    (
+        "option-value-dict",
+        _set("source.options.header", {"a": 1}),
+        "source.options.header",
+        "got dict",
+    ),
     ("source-not-mapping", _set("source", "hr/people.csv"), "source", "must be a mapping"),
     ("bad-format", _set("source.format", "xml"), "source.format", "'xml' is not one of"),
     ("bad-mode", _set("target.mode", "merge"), "target.mode", "'merge' is not one of"),
@@ -225,13 +247,23 @@ BAD_FIELDS = [
     ("code-dash", _set("code", "h-r"), "code", "not a safe identifier"),
     ("name-too-long", _set("name", "p" * (MAX_IDENT_LEN + 1)), "name", "at most 40"),
     ("cluster-upper", _set("cluster", "Heavy"), "cluster", "not a safe identifier"),
-    ("table-sql", _set("target.table", "x; DROP TABLE y"), "target.table", "not a plain table name"),
+    (
+        "table-sql",
+        _set("target.table", "x; DROP TABLE y"),
+        "target.table",
+        "not a plain table name",
+    ),
     ("table-dotted", _set("target.table", "a.b"), "target.table", "not a plain table name"),
     ("table-single-quote", _set("target.table", "x'y"), "target.table", "not a plain table name"),
     ("table-double-quote", _set("target.table", '"x"'), "target.table", "not a plain table name"),
     ("table-backtick", _set("target.table", "`x`"), "target.table", "not a plain table name"),
     # The Parquet writer's own folders sit next to the tables: _staging, _trash.
-    ("table-leading-underscore", _set("target.table", "_staging"), "target.table", "starting with a letter"),
+    (
+        "table-leading-underscore",
+        _set("target.table", "_staging"),
+        "target.table",
+        "starting with a letter",
+    ),
     ("table-leading-digit", _set("target.table", "1x"), "target.table", "starting with a letter"),
     ("path-dotdot", _set("source.path", "../x"), "source.path", "inside the data root"),
     ("path-dotdot-inner", _set("source.path", "hr/../../x"), "source.path", "inside the data root"),
@@ -323,7 +355,11 @@ def test_duplicate_target_table_across_files_rejects_both(tmp_path):
 def test_bad_files_do_not_hide_valid_objects_of_other_files(project):
     sample_keys = project.keys
     write(project.configs, "zz_malformed.yaml", "code: [\n")
-    write(project.configs, "aa_bad_field.yaml", [good_object("hr", "a", **{"owner": "x"}), good_object("hr", "b")])
+    write(
+        project.configs,
+        "aa_bad_field.yaml",
+        [good_object("hr", "a", **{"owner": "x"}), good_object("hr", "b")],
+    )
     write(project.configs, "sub/empty.yml", "")
     load = load_objects(project.configs)
     assert sorted(obj.key for obj in load.objects) == sorted(sample_keys + ["hr-b"])

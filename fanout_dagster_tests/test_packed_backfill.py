@@ -119,7 +119,12 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
             assert backfill_status(gql, first)["numPartitions"] == len(keys)
 
             with dagster_daemon(home, env, daemon_log):
-                wait_backfill(instance, first, timeout=540, on_timeout=lambda: describe_runs(instance) + logs())
+                wait_backfill(
+                    instance,
+                    first,
+                    timeout=540,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
                 timings["first backfill done"] = time.monotonic() - t0
 
                 # 3. What the first backfill did.
@@ -128,7 +133,9 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
                 by_key = {key: rec for rec in first_runs for key in run_keys(rec)}
                 for rec in first_runs:
                     expected = (
-                        DagsterRunStatus.FAILURE if BROKEN in run_keys(rec) else DagsterRunStatus.SUCCESS
+                        DagsterRunStatus.FAILURE
+                        if BROKEN in run_keys(rec)
+                        else DagsterRunStatus.SUCCESS
                     )
                     assert rec.dagster_run.status == expected, describe_runs(instance)
 
@@ -178,9 +185,16 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
                 second = reexecute_backfill(gql, first, "FROM_FAILURE")
                 retry_view = backfill_status(gql, second)
                 assert {"key": PARENT_BACKFILL_ID_TAG, "value": first} in retry_view["tags"]
-                assert retry_view["assetBackfillData"]["rootTargetedPartitions"]["partitionKeys"] == [BROKEN]
+                assert retry_view["assetBackfillData"]["rootTargetedPartitions"][
+                    "partitionKeys"
+                ] == [BROKEN]
 
-                wait_backfill(instance, second, timeout=300, on_timeout=lambda: describe_runs(instance) + logs())
+                wait_backfill(
+                    instance,
+                    second,
+                    timeout=300,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
                 timings["re-execution done"] = time.monotonic() - t0
 
                 second_runs = backfill_runs(instance, second)
@@ -196,8 +210,11 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
                 view = backfill_status(gql, second)
                 assert view["status"] == "COMPLETED_SUCCESS", view
                 counts = asset_status_counts(view, BRONZE_PATH)
-                assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"],
-                        counts["numPartitionsFailed"]) == (1, 1, 0)
+                assert (
+                    counts["numPartitionsTargeted"],
+                    counts["numPartitionsMaterialized"],
+                    counts["numPartitionsFailed"],
+                ) == (1, 1, 0)
 
         # 5. Caps, observed from run records and per-object timings.
         records = instance.get_run_records()
@@ -223,7 +240,8 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
 
         timings["total"] = time.monotonic() - t0
         print(
-            "\n" + describe_runs(instance)
+            "\n"
+            + describe_runs(instance)
             + f"\nrun overlap {overall}, object overlap per run {sorted(run_peaks.values())}, "
             f"overall {peak_overlap(everything)}\n"
             + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
@@ -233,7 +251,9 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_backfill(instance: DagsterInstance, backfill_id: str, timeout: float, on_timeout) -> BulkActionStatus:
+def wait_backfill(
+    instance: DagsterInstance, backfill_id: str, timeout: float, on_timeout
+) -> BulkActionStatus:
     def done() -> bool:
         backfill = instance.get_backfill(backfill_id)
         return backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES

@@ -36,7 +36,8 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
 
     # New objects are packed per cluster: ceil(n_cluster / 3) runs per cluster.
     expected_runs = sum(
-        -(-sum(1 for o in objects if o.cluster == c) // OBJECTS_PER_RUN) for c in set(clusters.values())
+        -(-sum(1 for o in objects if o.cluster == c) // OBJECTS_PER_RUN)
+        for c in set(clusters.values())
     )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": str(OBJECTS_PER_RUN)}
 
@@ -46,7 +47,9 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
                 lambda: all_runs_finished(instance, expected_runs),
                 timeout=600,
                 what="the sensor's runs for every sample object",
-                on_timeout=lambda: describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:],
+                on_timeout=lambda: (
+                    describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:]
+                ),
             )
 
         assert not failed_runs(instance), describe_runs(instance)

@@ -7,7 +7,10 @@ from collections import Counter
 
 import yaml
 from dagster import SensorResult, SkipReason, build_sensor_context
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from fanout_dagster.ingest import ingest_object
 from fanout_dagster.objects import load_objects
@@ -64,7 +67,7 @@ def tick(instance, project, cursor=None, sensor=object_configs_sensor) -> Tick:
         assert not result.dynamic_partitions_requests
     after = partitions(instance)
     assert after[: len(before)] == before, "existing partitions keep their order"
-    return Tick(result, logs, after[len(before):])
+    return Tick(result, logs, after[len(before) :])
 
 
 def partitions(instance) -> list[str]:
@@ -105,7 +108,9 @@ def test_second_tick_with_the_cursor_has_nothing_new(instance, project):
 def test_reformatting_a_file_requests_nothing(instance, project):
     first = tick(instance, project)
     erp = project.configs / "erp.yaml"
-    erp.write_text(yaml.safe_dump(yaml.safe_load(erp.read_text()), default_flow_style=True, width=60))
+    erp.write_text(
+        yaml.safe_dump(yaml.safe_load(erp.read_text()), default_flow_style=True, width=60)
+    )
     assert tick(instance, project, cursor=first.cursor).skipped
 
 
@@ -131,7 +136,9 @@ def test_reverting_a_config_requests_a_run_with_a_fresh_run_key(instance, projec
     erp = project.configs / "erp.yaml"
     original = erp.read_text()
     first = tick(instance, project)
-    replace_once(erp, "table: erp_customers\n    mode: overwrite", "table: erp_customers\n    mode: append")
+    replace_once(
+        erp, "table: erp_customers\n    mode: overwrite", "table: erp_customers\n    mode: append"
+    )
     second = tick(instance, project, cursor=first.cursor)
     erp.write_text(original)
     third = tick(instance, project, cursor=second.cursor)
@@ -178,7 +185,9 @@ def test_removing_a_config_runs_nothing_and_deletes_nothing(instance, project, s
     # erp-stores has been loaded into bronze.
     objects = load_objects(project.configs).by_key()
     writer = ParquetTableWriter(spark, str(project.warehouse))
-    ingest_object(spark, objects["erp-stores"], data_root=str(project.data), writer=writer, run_id="r1")
+    ingest_object(
+        spark, objects["erp-stores"], data_root=str(project.data), writer=writer, run_id="r1"
+    )
     bronze_before = tree_snapshot(project.warehouse / "erp_stores")
     source_before = tree_snapshot(project.data)
     assert bronze_before
@@ -233,7 +242,9 @@ def test_packed_sensor_requests_contiguous_single_cluster_ranges(instance, proje
         assert request.tags[OBJECTS_TAG].split(",") == pack
     # Full packs of 4 per cluster, then the remainder.
     per_cluster = Counter(obj.cluster for obj in objects.values())
-    expected = [4] * sum(n // 4 for n in per_cluster.values()) + [n % 4 for n in per_cluster.values() if n % 4]
+    expected = [4] * sum(n // 4 for n in per_cluster.values()) + [
+        n % 4 for n in per_cluster.values() if n % 4
+    ]
     assert sorted(len(p) for p in packs) == sorted(expected)
 
 
@@ -268,7 +279,9 @@ def test_changed_neighbours_are_packed_together(instance, project):
     document = yaml.safe_load(erp.read_text())
     by_key = {f"erp-{o['name']}": o for o in document}
     # Two objects next to each other in the partition order, and one apart.
-    default_erp = [k for k in order if k in by_key and by_key[k].get("cluster", "default") == "default"]
+    default_erp = [
+        k for k in order if k in by_key and by_key[k].get("cluster", "default") == "default"
+    ]
     i = order.index(default_erp[0])
     neighbours = [order[i], order[i + 1]]
     assert all(k in by_key for k in neighbours), order

@@ -27,7 +27,9 @@ def frame(spark, start: int, stop: int, partitions: int = 2):
 
 
 def table_ids(spark, writer, table) -> list[int]:
-    return sorted(r.id for r in spark.read.parquet(str(writer.table_path(table))).select("id").collect())
+    return sorted(
+        r.id for r in spark.read.parquet(str(writer.table_path(table))).select("id").collect()
+    )
 
 
 def staging_is_empty(writer) -> bool:
@@ -36,14 +38,22 @@ def staging_is_empty(writer) -> bool:
 
 def append(writer, df, table, load_id, fingerprint="fp"):
     """An append of one load, as ingest does it for one source file."""
-    return writer.append(df.withColumn("_load_id", F.lit(load_id)), table=table, sources={load_id: fingerprint})
+    return writer.append(
+        df.withColumn("_load_id", F.lit(load_id)), table=table, sources={load_id: fingerprint}
+    )
 
 
 # --------------------------------------------------------------------------- schema change
 
 
 def test_describe_schema_change():
-    old = StructType([StructField("a", LongType()), StructField("b", StringType()), StructField("_load_id", StringType())])
+    old = StructType(
+        [
+            StructField("a", LongType()),
+            StructField("b", StringType()),
+            StructField("_load_id", StringType()),
+        ]
+    )
     assert describe_schema_change(old, StructType(old.fields[:2])) is None  # _load_id ignored
     new = StructType([StructField("a", IntegerType()), StructField("c", StringType())])
     assert describe_schema_change(old, new) == "added c; removed b; changed a bigint->int"
@@ -106,7 +116,9 @@ def test_an_empty_append_load_replaces_its_folder_and_keeps_the_others(spark, wr
 
 def test_overwrite_swaps_the_whole_table_and_append_keeps_one_folder_per_load(spark, writer):
     first = writer.overwrite(frame(spark, 0, 10), table="o", load_id="r1")
-    assert (first.rows, first.rows_written) == (10, 10) and first.location == str(writer.table_path("o"))
+    assert (first.rows, first.rows_written) == (10, 10) and first.location == str(
+        writer.table_path("o")
+    )
     assert first.schema.fieldNames() == ["id", "doubled", "_load_id"]
     writer.overwrite(frame(spark, 100, 105), table="o", load_id="r2")
     assert load_dirs(writer.table_path("o")) == ["_load_id=r2"]
@@ -126,7 +138,9 @@ def test_overwrite_swaps_the_whole_table_and_append_keeps_one_folder_per_load(sp
 
 def test_one_append_replaces_several_loads_and_appending_nothing_reports_the_table(spark, writer):
     append(writer, frame(spark, 0, 10), "a", "f1")
-    two = frame(spark, 100, 110).withColumn("_load_id", F.when(F.col("id") < 105, "f1").otherwise("f2"))
+    two = frame(spark, 100, 110).withColumn(
+        "_load_id", F.when(F.col("id") < 105, "f1").otherwise("f2")
+    )
     written = writer.append(two, table="a", sources={"f1": "x1", "f2": "x2"})
     assert (written.rows, written.rows_written) == (10, 10)
     assert table_ids(spark, writer, "a") == list(range(100, 110))
@@ -152,7 +166,9 @@ def test_append_refuses_a_table_with_loads_not_written_per_source(spark, writer)
     """Loads without a source marker (overwrite mode, or the older all-files append) would be doubled."""
     writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
     snapshot = tree_snapshot(writer.table_path("t"))
-    with pytest.raises(LoadRejected, match=r"not written per source file \(_load_id=r1\).*move the table folder"):
+    with pytest.raises(
+        LoadRejected, match=r"not written per source file \(_load_id=r1\).*move the table folder"
+    ):
         append(writer, frame(spark, 0, 10), "t", "f1")
     assert tree_snapshot(writer.table_path("t")) == snapshot
 
@@ -161,7 +177,11 @@ def test_concurrent_loads_into_one_append_table_all_land(spark, writer):
     """The table lock serialises the renames of runs writing the same table."""
     loads = [(f"f{i}", i * 100) for i in range(4)]
     outcomes = list(
-        run_pack(loads, lambda load: append(writer, frame(spark, load[1], load[1] + 5, 1), "c", load[0]), 4)
+        run_pack(
+            loads,
+            lambda load: append(writer, frame(spark, load[1], load[1] + 5, 1), "c", load[0]),
+            4,
+        )
     )
     assert all(o.ok for o in outcomes), [o.traceback for o in outcomes if not o.ok]
     assert load_dirs(writer.table_path("c")) == [f"_load_id={load_id}" for load_id, _ in loads]

@@ -215,8 +215,11 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 def backfill_done() -> bool:
                     done = instance.get_materialized_partitions(BRONZE) >= sample_keys
                     runs = [rec.dagster_run for rec in backfill_runs(instance, backfill_id)]
-                    failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS
-                              and r.status in FINISHED_STATUSES]
+                    failed = [
+                        r
+                        for r in runs
+                        if r.status != DagsterRunStatus.SUCCESS and r.status in FINISHED_STATUSES
+                    ]
                     assert not failed, f"backfill runs failed:\n{describe_runs(instance)}"
                     return done and runs and all(r.status in FINISHED_STATUSES for r in runs)
 
@@ -250,8 +253,10 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                     on_poll=observe,
                 )
                 wait_for(
-                    lambda: all(r.dagster_run.status in FINISHED_STATUSES
-                                for r in instance.get_run_records()),
+                    lambda: all(
+                        r.dagster_run.status in FINISHED_STATUSES
+                        for r in instance.get_run_records()
+                    ),
                     timeout=120,
                     what="the sensor's run to finish",
                     interval=POLL_S,
@@ -272,8 +277,11 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 expect(page.get_by_text("fanout/cluster: default").first).to_be_visible()
                 screenshot(page, "05-backfill-runs")
                 # A run of two objects: its page, as a user opens it from the backfill.
-                pack = next(rec.dagster_run for rec in backfill_runs(instance, backfill_id)
-                            if len(run_keys(rec)) > 1)
+                pack = next(
+                    rec.dagster_run
+                    for rec in backfill_runs(instance, backfill_id)
+                    if len(run_keys(rec)) > 1
+                )
                 page.get_by_role("link", name=pack.run_id[:8]).first.click()
                 expect(page.get_by_text(pack.run_id[:8]).first).to_be_visible()
                 expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
@@ -290,10 +298,14 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
     finally:
         stragglers = dev.stop()
         timings["stopped"] = time.monotonic() - started
-        print(f"\nUI backfill journey timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
-        print(f"queue observation: {observation.samples} samples, peak {observation.max_in_progress} "
-              f"in progress, per cluster {dict(observation.max_in_progress_by_tag)}, "
-              f"queued while running: {observation.queued_while_running}")
+        print(
+            f"\nUI backfill journey timings (s): { {k: round(v, 1) for k, v in timings.items()} }"
+        )
+        print(
+            f"queue observation: {observation.samples} samples, peak {observation.max_in_progress} "
+            f"in progress, per cluster {dict(observation.max_in_progress_by_tag)}, "
+            f"queued while running: {observation.queued_while_running}"
+        )
         if stragglers:
             print(f"killed processes that had left dagster dev's group: {stragglers}")
 
@@ -327,7 +339,9 @@ def check_backfill_runs(instance, backfill_id, objects, partition_keys) -> None:
     detail = describe_runs(instance)
     assert all(rec.dagster_run.status == DagsterRunStatus.SUCCESS for rec in runs), detail
     # Only the backfill ran the samples: the sensor launched nothing for them.
-    assert not [r for r in instance.get_run_records() if SENSOR_NAME_TAG in r.dagster_run.tags], detail
+    assert not [r for r in instance.get_run_records() if SENSOR_NAME_TAG in r.dagster_run.tags], (
+        detail
+    )
     # Packs follow the partition order (the sensor's cluster grouping), and
     # the run coordinator tagged each run with its objects' cluster.
     clusters = {key: obj.cluster for key, obj in objects.items()}
@@ -357,7 +371,8 @@ def check_queue(instance, observation, max_runs, limits, backfill_id) -> None:
 def check_sensor_runs(instance, objects_cluster: str) -> None:
     detail = describe_runs(instance)
     sensor_runs = [
-        r.dagster_run for r in instance.get_run_records()
+        r.dagster_run
+        for r in instance.get_run_records()
         if r.dagster_run.tags.get(SENSOR_NAME_TAG) == SENSOR
     ]
     assert len(sensor_runs) == 1, ("the sensor should run only the new object", detail)

@@ -119,8 +119,15 @@ class DagsterDev:
     def start(self, timeout: float = 180) -> None:
         self.log_path = self.home / "dagster_dev.log"
         self.proc = start_in_own_group(
-            [str(VENV_BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port),
-             *self.workspace_args],
+            [
+                str(VENV_BIN / "dagster"),
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                *self.workspace_args,
+            ],
             env=self.env,
             cwd=self.cwd,
             log_path=self.log_path,

@@ -45,8 +45,9 @@ class GraphQL:
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/graphql"
 
-    def __call__(self, document: str, variables: Mapping[str, Any] | None = None,
-                 timeout: float = 60.0) -> dict:
+    def __call__(
+        self, document: str, variables: Mapping[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict:
         body = json.dumps({"query": document, "variables": dict(variables or {})}).encode()
         request = urllib.request.Request(
             self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -69,16 +70,20 @@ class GraphQL:
 
 
 @contextmanager
-def dagster_webserver(home: Path, env: Mapping[str, str], log_path: Path,
-                      port: int | None = None) -> Iterator[tuple[subprocess.Popen, GraphQL]]:
+def dagster_webserver(
+    home: Path, env: Mapping[str, str], log_path: Path, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen, GraphQL]]:
     """`dagster-webserver` on the project's workspace, on 127.0.0.1:<free port>."""
     port = port or free_port()
     process = start_in_own_group(
         [
             str(VENV_BIN / "dagster-webserver"),
-            "-h", "127.0.0.1",
-            "-p", str(port),
-            "-w", str(REPO_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
         ],
         env={**os.environ, **env, "DAGSTER_HOME": str(home)},
         cwd=REPO_ROOT,
@@ -90,14 +95,17 @@ def dagster_webserver(home: Path, env: Mapping[str, str], log_path: Path,
         stop_process_group(process)
 
 
-def wait_until_loaded(client: GraphQL, process: subprocess.Popen, timeout: float,
-                      log_path: Path | None = None) -> None:
+def wait_until_loaded(
+    client: GraphQL, process: subprocess.Popen, timeout: float, log_path: Path | None = None
+) -> None:
     """Until the webserver answers and the code location has loaded (an error fails fast)."""
     deadline = time.monotonic() + timeout
     last = "not answering"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"dagster-webserver exited ({process.returncode})\n{_tail(log_path)}")
+            raise AssertionError(
+                f"dagster-webserver exited ({process.returncode})\n{_tail(log_path)}"
+            )
         if client.is_up():
             data = client(WORKSPACE_STATUS)
             entries = data["workspaceOrError"].get("locationEntries") or []
@@ -289,9 +297,14 @@ def stop_sensor(client: GraphQL, sensor_name: str) -> str:
     return result["instigationState"]["status"]
 
 
-def launch_asset_backfill(client: GraphQL, asset_path: list[str], *,
-                          partition_names: list[str] | None = None,
-                          all_partitions: bool = False, title: str | None = None) -> str:
+def launch_asset_backfill(
+    client: GraphQL,
+    asset_path: list[str],
+    *,
+    partition_names: list[str] | None = None,
+    all_partitions: bool = False,
+    title: str | None = None,
+) -> str:
     params: dict[str, Any] = {"assetSelection": [{"path": asset_path}], "tags": []}
     if all_partitions:
         params["allPartitions"] = True
@@ -300,7 +313,9 @@ def launch_asset_backfill(client: GraphQL, asset_path: list[str], *,
         params["fromFailure"] = False
     if title:
         params["title"] = title
-    result = client(LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+    result = client(LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})[
+        "launchPartitionBackfill"
+    ]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(f"launchPartitionBackfill: {result}")
     return result["backfillId"]
@@ -308,7 +323,8 @@ def launch_asset_backfill(client: GraphQL, asset_path: list[str], *,
 
 def reexecute_backfill(client: GraphQL, backfill_id: str, strategy: str = "FROM_FAILURE") -> str:
     result = client(
-        REEXECUTE_BACKFILL, {"reexecutionParams": {"parentRunId": backfill_id, "strategy": strategy}}
+        REEXECUTE_BACKFILL,
+        {"reexecutionParams": {"parentRunId": backfill_id, "strategy": strategy}},
     )["reexecutePartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(f"reexecutePartitionBackfill: {result}")

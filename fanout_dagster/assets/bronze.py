@@ -165,29 +165,29 @@ def _materialization(
     obj, result = outcome.item, outcome.result
     assert result is not None
     return AssetMaterialization(
-            asset_key=context.asset_key,
-            partition=obj.key,
-            metadata={
-                "dagster/row_count": MetadataValue.int(result.rows),
-                "dagster/column_schema": TableSchema(
-                    columns=[TableColumn(name, type_) for name, type_ in result.columns]
-                ),
-                "dagster/table_name": MetadataValue.text(result.table),
-                "location": MetadataValue.path(result.location),
-                "write_mode": MetadataValue.text(obj.target.mode),
-                "rows_written": MetadataValue.int(result.rows_written),
-                "files_written": MetadataValue.int(result.files_written),
-                "source_files": MetadataValue.int(result.source_files),
-                "load_ids": MetadataValue.text(",".join(result.load_ids) or "(nothing new)"),
-                "cluster": MetadataValue.text(obj.cluster),
-                "config_file": MetadataValue.text(obj.config_file),
-                "config_hash": MetadataValue.text(obj.config_hash),
-                "duration_s": MetadataValue.float(round(outcome.finished - outcome.started, 3)),
-                # When this object's load ran inside its run (packs overlap them).
-                "started_at": MetadataValue.timestamp(outcome.started),
-                "finished_at": MetadataValue.timestamp(outcome.finished),
-            },
-        )
+        asset_key=context.asset_key,
+        partition=obj.key,
+        metadata={
+            "dagster/row_count": MetadataValue.int(result.rows),
+            "dagster/column_schema": TableSchema(
+                columns=[TableColumn(name, type_) for name, type_ in result.columns]
+            ),
+            "dagster/table_name": MetadataValue.text(result.table),
+            "location": MetadataValue.path(result.location),
+            "write_mode": MetadataValue.text(obj.target.mode),
+            "rows_written": MetadataValue.int(result.rows_written),
+            "files_written": MetadataValue.int(result.files_written),
+            "source_files": MetadataValue.int(result.source_files),
+            "load_ids": MetadataValue.text(",".join(result.load_ids) or "(nothing new)"),
+            "cluster": MetadataValue.text(obj.cluster),
+            "config_file": MetadataValue.text(obj.config_file),
+            "config_hash": MetadataValue.text(obj.config_hash),
+            "duration_s": MetadataValue.float(round(outcome.finished - outcome.started, 3)),
+            # When this object's load ran inside its run (packs overlap them).
+            "started_at": MetadataValue.timestamp(outcome.started),
+            "finished_at": MetadataValue.timestamp(outcome.finished),
+        },
+    )
 
 
 def _failure_event(

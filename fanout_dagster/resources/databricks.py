@@ -69,8 +69,10 @@ def load_cluster_definitions(path: str | Path) -> dict[str, dict[str, Any]]:
         raise ClusterConfigError(f"{path}: expected a non-empty `clusters:` mapping")
     result = {}
     for name, spec in clusters.items():
-        if not isinstance(spec, Mapping) or len(spec) != 1 or not (
-            set(spec) <= {"existing_cluster_id", "new_cluster"}
+        if (
+            not isinstance(spec, Mapping)
+            or len(spec) != 1
+            or not (set(spec) <= {"existing_cluster_id", "new_cluster"})
         ):
             raise ClusterConfigError(
                 f"{path}: clusters.{name}: give exactly one of existing_cluster_id or new_cluster"

@@ -41,7 +41,9 @@ TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
 @pytest.fixture
 def emu(tmp_path: Path) -> Iterator[DatabricksEmulator]:
-    with run_emulator(root=tmp_path / "emu", cluster_start_seconds=0.0, cancel_grace_seconds=3.0) as emulator:
+    with run_emulator(
+        root=tmp_path / "emu", cluster_start_seconds=0.0, cancel_grace_seconds=3.0
+    ) as emulator:
         yield emulator
 
 
@@ -52,7 +54,9 @@ def ws(emu: DatabricksEmulator) -> WorkspaceClient:
 
 def upload_script(ws: WorkspaceClient, code: str) -> str:
     path = f"/scripts/{uuid.uuid4().hex}.py"
-    ws.dbfs.put(path, contents=base64.b64encode(textwrap.dedent(code).encode()).decode(), overwrite=True)
+    ws.dbfs.put(
+        path, contents=base64.b64encode(textwrap.dedent(code).encode()).decode(), overwrite=True
+    )
     return f"dbfs:{path}"
 
 
@@ -67,18 +71,25 @@ def submit(
 ) -> int:
     task: dict[str, Any] = {
         "task_key": "main",
-        "spark_python_task": {"python_file": upload_script(ws, code), "parameters": parameters or []},
+        "spark_python_task": {
+            "python_file": upload_script(ws, code),
+            "parameters": parameters or [],
+        },
         **(cluster or {"existing_cluster_id": "test-cluster"}),
     }
     if libraries:
         task["libraries"] = libraries
     waiter = ws.jobs.submit(
-        run_name="emulator-test", tasks=[jobs.SubmitTask.from_dict(task)], idempotency_token=idempotency_token
+        run_name="emulator-test",
+        tasks=[jobs.SubmitTask.from_dict(task)],
+        idempotency_token=idempotency_token,
     )
     return int(waiter.bind()["run_id"])
 
 
-def wait_terminal(ws: WorkspaceClient, run_id: int, timeout: float = 120.0) -> tuple[jobs.Run, list[str]]:
+def wait_terminal(
+    ws: WorkspaceClient, run_id: int, timeout: float = 120.0
+) -> tuple[jobs.Run, list[str]]:
     """Poll runs/get quickly (the SDK's own waiter sleeps 1s, 2s, ...); return the run and the
     run-level life cycle states seen."""
     seen: list[str] = []
@@ -115,7 +126,9 @@ def test_bearer_token_is_required(emu: DatabricksEmulator) -> None:
         bad.dbfs.get_status("/")
     assert err.value.error_code == "UNAUTHENTICATED"
 
-    request = urllib.request.Request(f"{emu.host}/api/2.2/jobs/runs/list")  # no Authorization header
+    request = urllib.request.Request(
+        f"{emu.host}/api/2.2/jobs/runs/list"
+    )  # no Authorization header
     with pytest.raises(urllib.error.HTTPError) as http_err:
         urllib.request.urlopen(request, timeout=10)
     assert http_err.value.code == 401
@@ -136,7 +149,9 @@ def test_bearer_token_is_required(emu: DatabricksEmulator) -> None:
 
 
 def test_dbfs_put_read_status_delete(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
-    ws.dbfs.put("/data/hello.txt", contents=base64.b64encode(b"hello dbfs").decode(), overwrite=True)
+    ws.dbfs.put(
+        "/data/hello.txt", contents=base64.b64encode(b"hello dbfs").decode(), overwrite=True
+    )
     status = ws.dbfs.get_status("dbfs:/data/hello.txt")
     assert (status.path, status.is_dir, status.file_size) == ("/data/hello.txt", False, 10)
     assert ws.dbfs.get_status("/data").is_dir
@@ -153,7 +168,10 @@ def test_dbfs_put_read_status_delete(emu: DatabricksEmulator, ws: WorkspaceClien
     assert exists.value.error_code == "RESOURCE_ALREADY_EXISTS"
 
     ws.dbfs.delete("/data/hello.txt")
-    for call in (lambda: ws.dbfs.get_status("/data/hello.txt"), lambda: ws.dbfs.read("/data/hello.txt")):
+    for call in (
+        lambda: ws.dbfs.get_status("/data/hello.txt"),
+        lambda: ws.dbfs.read("/data/hello.txt"),
+    ):
         with pytest.raises(ResourceDoesNotExist) as missing:
             call()
         assert missing.value.error_code == "RESOURCE_DOES_NOT_EXIST"
@@ -168,9 +186,13 @@ def test_dbfs_put_read_status_delete(emu: DatabricksEmulator, ws: WorkspaceClien
     assert not (emu.dbfs_root / "tree").exists()
 
 
-def test_dbfs_block_limits_and_the_launchers_client(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_dbfs_block_limits_and_the_launchers_client(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     client = DatabricksClient(host=emu.host, token=emu.token)
-    payload = os.urandom(2 * 1024 * 1024 + 12345)  # > 2 blocks: exercises add-block and the read loop
+    payload = os.urandom(
+        2 * 1024 * 1024 + 12345
+    )  # > 2 blocks: exercises add-block and the read loop
     client.put_file(io.BytesIO(payload), "dbfs:///staging/big.bin", overwrite=True)
     assert client.read_file("dbfs:///staging/big.bin") == payload
     client.put_file(io.BytesIO(b""), "dbfs:///staging/empty.bin", overwrite=True)
@@ -210,11 +232,15 @@ print("DBUtils(spark) is dbutils:", DBUtils(spark) is dbutils)
 
 
 @pytest.mark.slow
-def test_spark_python_task_runs_with_spark_sc_dbutils(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_spark_python_task_runs_with_spark_sc_dbutils(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     emu.set_secret("test-scope", "password", "p@ss")
     ws.secrets.create_scope("rest-scope")  # the workspace secrets REST API feeds dbutils too
     ws.secrets.put_secret("rest-scope", "k", string_value="from-rest")
-    ws.dbfs.put("/inputs/param.txt", contents=base64.b64encode(b"parameter file").decode(), overwrite=True)
+    ws.dbfs.put(
+        "/inputs/param.txt", contents=base64.b64encode(b"parameter file").decode(), overwrite=True
+    )
     libraries = [{"pypi": {"package": "requests==2.32.3"}}, {"whl": "dbfs:/wheels/x.whl"}]
     new_cluster = {
         "spark_version": "15.4.x-scala2.12",
@@ -272,15 +298,35 @@ def test_failing_task_reports_the_exception(ws: WorkspaceClient) -> None:
 
 
 def test_multi_task_run_dependencies_and_cluster_log_delivery(ws: WorkspaceClient) -> None:
-    ok, bad = upload_script(ws, "print('fine')"), upload_script(ws, "raise RuntimeError('first failed')")
-    log_cluster = {"num_workers": 0, "cluster_log_conf": {"dbfs": {"destination": "dbfs:/cluster-logs"}}}
+    ok, bad = (
+        upload_script(ws, "print('fine')"),
+        upload_script(ws, "raise RuntimeError('first failed')"),
+    )
+    log_cluster = {
+        "num_workers": 0,
+        "cluster_log_conf": {"dbfs": {"destination": "dbfs:/cluster-logs"}},
+    }
     tasks = [
-        {"task_key": "first", "existing_cluster_id": "c", "spark_python_task": {"python_file": bad}},
-        {"task_key": "second", "depends_on": [{"task_key": "first"}], "existing_cluster_id": "c",
-         "spark_python_task": {"python_file": ok}},
-        {"task_key": "independent", "new_cluster": log_cluster, "spark_python_task": {"python_file": ok}},
+        {
+            "task_key": "first",
+            "existing_cluster_id": "c",
+            "spark_python_task": {"python_file": bad},
+        },
+        {
+            "task_key": "second",
+            "depends_on": [{"task_key": "first"}],
+            "existing_cluster_id": "c",
+            "spark_python_task": {"python_file": ok},
+        },
+        {
+            "task_key": "independent",
+            "new_cluster": log_cluster,
+            "spark_python_task": {"python_file": ok},
+        },
     ]
-    run_id = ws.jobs.submit(run_name="multi", tasks=[jobs.SubmitTask.from_dict(t) for t in tasks]).bind()["run_id"]
+    run_id = ws.jobs.submit(
+        run_name="multi", tasks=[jobs.SubmitTask.from_dict(t) for t in tasks]
+    ).bind()["run_id"]
     run, _ = wait_terminal(ws, run_id)
     results = {t.task_key: t.state.result_state.value for t in run.tasks}
     assert results == {"first": "FAILED", "second": "UPSTREAM_FAILED", "independent": "SUCCESS"}
@@ -288,15 +334,23 @@ def test_multi_task_run_dependencies_and_cluster_log_delivery(ws: WorkspaceClien
     assert "Task first failed with message: RuntimeError: first failed" in run.state.state_message
     assert len({t.run_id for t in run.tasks} | {run_id}) == 4  # every task run has its own id
     # The job cluster delivered its driver logs where cluster_log_conf points.
-    cluster_id = next(t for t in run.tasks if t.task_key == "independent").cluster_instance.cluster_id
+    cluster_id = next(
+        t for t in run.tasks if t.task_key == "independent"
+    ).cluster_instance.cluster_id
     delivered = ws.dbfs.read(f"/cluster-logs/{cluster_id}/driver/stdout", length=1024 * 1024)
     assert b"fine" in base64.b64decode(delivered.data)
 
 
 def test_run_timeout_ends_the_run_timedout(ws: WorkspaceClient) -> None:
     script = upload_script(ws, "import time\ntime.sleep(600)\n")
-    task = {"task_key": "main", "existing_cluster_id": "c", "spark_python_task": {"python_file": script}}
-    run_id = ws.jobs.submit(tasks=[jobs.SubmitTask.from_dict(task)], timeout_seconds=1).bind()["run_id"]
+    task = {
+        "task_key": "main",
+        "existing_cluster_id": "c",
+        "spark_python_task": {"python_file": script},
+    }
+    run_id = ws.jobs.submit(tasks=[jobs.SubmitTask.from_dict(task)], timeout_seconds=1).bind()[
+        "run_id"
+    ]
     run, _ = wait_terminal(ws, run_id, timeout=60)
     assert (run.state.life_cycle_state, run.state.result_state) == (
         jobs.RunLifeCycleState.TERMINATED,
@@ -306,7 +360,9 @@ def test_run_timeout_ends_the_run_timedout(ws: WorkspaceClient) -> None:
 
 
 @pytest.mark.slow
-def test_cancel_kills_the_task_and_its_spark_jvm(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_cancel_kills_the_task_and_its_spark_jvm(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     code = """
     import os, time
     spark.range(1).count()
@@ -318,7 +374,9 @@ def test_cancel_kills_the_task_and_its_spark_jvm(emu: DatabricksEmulator, ws: Wo
     deadline = time.monotonic() + 120
     while True:
         run = ws.jobs.get_run(run_id)
-        match = re.search(r"PIDS (\d+) (\d+)", task_output(ws, run).logs or "") if run.tasks else None
+        match = (
+            re.search(r"PIDS (\d+) (\d+)", task_output(ws, run).logs or "") if run.tasks else None
+        )
         if match:
             break
         assert run.state.life_cycle_state.value not in TERMINAL, task_output(ws, run).error_trace
@@ -340,17 +398,25 @@ def test_cancel_kills_the_task_and_its_spark_jvm(emu: DatabricksEmulator, ws: Wo
         time.sleep(0.1)
 
 
-def test_idempotency_token_returns_the_same_run(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_idempotency_token_returns_the_same_run(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     first = submit(ws, "print('once')", idempotency_token="object-42-attempt-1")
     second = submit(ws, "print('twice?')", idempotency_token="object-42-attempt-1")
     assert first == second
     wait_terminal(ws, first)
     stats = emu.stats()
-    assert (stats["runs_submitted"], stats["idempotent_replays"], stats["runs_started"]) == (1, 1, 1)
+    assert (stats["runs_submitted"], stats["idempotent_replays"], stats["runs_started"]) == (
+        1,
+        1,
+        1,
+    )
     assert stats["api_calls"]["jobs/runs/submit"] == 2
 
 
-def test_dropped_submit_response_and_sdk_retry(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_dropped_submit_response_and_sdk_retry(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     # The SDK retries a submit whose connection dropped (requests.ConnectionError is retryable).
     # With an idempotency token the retry gets the same run: the object runs once.
     emu.inject_faults(drop_submit_responses=1)
@@ -369,12 +435,16 @@ def test_dropped_submit_response_and_sdk_retry(emu: DatabricksEmulator, ws: Work
     assert emu.stats()["runs_submitted"] == 2
 
 
-def test_throttling_and_unavailability_are_retried_by_the_sdk(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_throttling_and_unavailability_are_retried_by_the_sdk(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     run_id = submit(ws, "print('hi')")
     wait_terminal(ws, run_id)
     emu.reset_stats()
 
-    emu.inject_faults(http_429=2, http_503=1, path_prefix="/api/2.2/jobs/runs/get", retry_after_seconds=0)
+    emu.inject_faults(
+        http_429=2, http_503=1, path_prefix="/api/2.2/jobs/runs/get", retry_after_seconds=0
+    )
     assert ws.jobs.get_run(run_id).state.result_state == jobs.RunResultState.SUCCESS
     emu.inject_faults(http_503=1, path_prefix="/api/2.0/dbfs/", retry_after_seconds=0)
     assert ws.dbfs.get_status("/scripts").is_dir
@@ -404,13 +474,21 @@ def test_admin_rest_api(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    assert admin("POST", "/emulator/faults", {"http_503": 1, "retry_after_seconds": 0})["http_503"] == 1
+    assert (
+        admin("POST", "/emulator/faults", {"http_503": 1, "retry_after_seconds": 0})["http_503"]
+        == 1
+    )
     admin("POST", "/emulator/secrets", {"scope": "s", "key": "k", "value": "v"})
-    admin("POST", "/emulator/clusters", {"cluster_id": "admin-cluster", "spark_env_vars": {"X": "1"}})
+    admin(
+        "POST", "/emulator/clusters", {"cluster_id": "admin-cluster", "spark_env_vars": {"X": "1"}}
+    )
     assert [s.name for s in ws.secrets.list_scopes()] == ["s"]  # first try got the injected 503
     assert ws.clusters.get("admin-cluster").spark_env_vars == {"X": "1"}
     stats = admin("GET", "/emulator/stats")
-    assert stats["faults_injected"] == {"http_503": 1} and stats["api_calls"]["secrets/scopes/list"] == 2
+    assert (
+        stats["faults_injected"] == {"http_503": 1}
+        and stats["api_calls"]["secrets/scopes/list"] == 2
+    )
     admin("POST", "/emulator/stats/reset", {})
     assert admin("GET", "/emulator/stats")["api_calls"] == {"emulator/stats": 1}
 
@@ -432,7 +510,9 @@ def test_unknown_run_and_cluster_errors(ws: WorkspaceClient) -> None:
     assert bad.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
-def test_legacy_single_task_submit_and_runs_list(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
+def test_legacy_single_task_submit_and_runs_list(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
     script = upload_script(ws, "print('legacy form')")
     body = {
         "run_name": "legacy",
@@ -449,7 +529,9 @@ def test_legacy_single_task_submit_and_runs_list(emu: DatabricksEmulator, ws: Wo
     assert [r.run_id for r in listed] == [run_id]
 
 
-def test_cluster_start_latency_is_paid_once_per_existing_cluster_and_per_new_cluster(tmp_path: Path) -> None:
+def test_cluster_start_latency_is_paid_once_per_existing_cluster_and_per_new_cluster(
+    tmp_path: Path,
+) -> None:
     with run_emulator(root=tmp_path / "emu", cluster_start_seconds=0.5) as emu:
         ws = WorkspaceClient(host=emu.host, token=emu.token)
         emu.define_cluster("warm-pool", spark_env_vars={"POOL": "warm"})
@@ -471,7 +553,9 @@ def test_cluster_start_latency_is_paid_once_per_existing_cluster_and_per_new_clu
 
         # Each new_cluster task pays the start again.
         for _ in range(2):
-            wait_terminal(ws, submit(ws, "print('job cluster')", cluster={"new_cluster": {"num_workers": 0}}))
+            wait_terminal(
+                ws, submit(ws, "print('job cluster')", cluster={"new_cluster": {"num_workers": 0}})
+            )
         stats = emu.stats()
         assert (stats["cluster_starts"], stats["cluster_start_seconds_total"]) == (3, 1.5)
         assert stats["runs_started"] == 5
@@ -480,9 +564,15 @@ def test_cluster_start_latency_is_paid_once_per_existing_cluster_and_per_new_clu
 def test_stopping_the_emulator_kills_running_tasks(tmp_path: Path) -> None:
     with run_emulator(root=tmp_path / "emu") as emu:
         ws = WorkspaceClient(host=emu.host, token=emu.token)
-        run_id = submit(ws, "import os, time\nprint('PID', os.getpid(), flush=True)\ntime.sleep(600)\n")
+        run_id = submit(
+            ws, "import os, time\nprint('PID', os.getpid(), flush=True)\ntime.sleep(600)\n"
+        )
         deadline = time.monotonic() + 60
-        while not (match := re.search(r"PID (\d+)", emu.run_page(run_id)["task_logs"]["main"]["stdout_tail"])):
+        while not (
+            match := re.search(
+                r"PID (\d+)", emu.run_page(run_id)["task_logs"]["main"]["stdout_tail"]
+            )
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert process_gone(int(match.group(1)))
@@ -491,7 +581,9 @@ def test_stopping_the_emulator_kills_running_tasks(tmp_path: Path) -> None:
 
 def test_cli_prints_what_to_export(tmp_path: Path) -> None:
     config = tmp_path / "clusters.json"
-    config.write_text(json.dumps({"clusters": {"dev-cluster": {"spark_env_vars": {"A": "1"}, "running": True}}}))
+    config.write_text(
+        json.dumps({"clusters": {"dev-cluster": {"spark_env_vars": {"A": "1"}, "running": True}}})
+    )
     cli = [sys.executable, "-m", "fanout_dagster.devtools.databricks_emulator", "--port", "0"]
     proc = subprocess.Popen(
         [*cli, "--root", str(tmp_path / "root"), "--cluster-config", str(config)],

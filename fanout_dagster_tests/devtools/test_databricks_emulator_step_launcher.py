@@ -32,7 +32,9 @@ def emulator_spark_count(context: dg.AssetExecutionContext) -> None:
     count = SparkSession.builder.getOrCreate().range(10).count()
     # secrets_to_env_variables: the launcher's remote setup(dbutils, sc) exported this secret.
     secret_ok = os.environ.get("EMU_E2E_SECRET") == SECRET_VALUE
-    print(f"EMULATOR_E2E_COUNT={count} secret_ok={secret_ok} on={os.environ.get('DATABRICKS_EMULATOR')}")
+    print(
+        f"EMULATOR_E2E_COUNT={count} secret_ok={secret_ok} on={os.environ.get('DATABRICKS_EMULATOR')}"
+    )
     context.add_output_metadata({"count": count})
 
 
@@ -57,7 +59,9 @@ def test_step_launcher_materializes_asset_on_emulator(tmp_path: Path) -> None:
             "local_dagster_job_package_path": str(Path(__file__).parent),
             "staging_prefix": "/dagster_staging",
             "poll_interval_sec": 0.5,
-            "secrets_to_env_variables": [{"name": "EMU_E2E_SECRET", "scope": SECRET_SCOPE, "key": SECRET_KEY}],
+            "secrets_to_env_variables": [
+                {"name": "EMU_E2E_SECRET", "scope": SECRET_SCOPE, "key": SECRET_KEY}
+            ],
             # Makes the launcher call runs/get for the cluster and PATCH the job's permissions.
             "permissions": {"job_permissions": {"CAN_VIEW": [{"user_name": "viewer@example.com"}]}},
             "run_config": {

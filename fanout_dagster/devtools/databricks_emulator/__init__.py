@@ -14,6 +14,18 @@ unmodified ``dagster_databricks`` step launcher and ``databricks-sdk`` work agai
 CLI: ``python -m fanout_dagster.devtools.databricks_emulator --help``.
 """
 
-from .emulator import DatabricksEmulator, EmulatorConfig, generate_token, load_cluster_config, run_emulator
+from .emulator import (
+    DatabricksEmulator,
+    EmulatorConfig,
+    generate_token,
+    load_cluster_config,
+    run_emulator,
+)
 
-__all__ = ["DatabricksEmulator", "EmulatorConfig", "generate_token", "load_cluster_config", "run_emulator"]
+__all__ = [
+    "DatabricksEmulator",
+    "EmulatorConfig",
+    "generate_token",
+    "load_cluster_config",
+    "run_emulator",
+]

@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m fanout_dagster.devtools.databricks_emulator",
         description="Local Databricks workspace emulator (jobs runs, DBFS, clusters, secrets) on 127.0.0.1.",
     )
-    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)")
+    parser.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)"
+    )
     parser.add_argument(
         "--root",
         type=Path,
@@ -46,8 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help='JSON file {"clusters": {id: {spark_conf, spark_env_vars, ...}}, "secrets": {scope: {key: value}}}',
     )
-    parser.add_argument("--spark-master", default="local[2]", help="Spark master for every task (default local[2])")
-    parser.add_argument("--eager-spark", action="store_true", help="create `spark` before each script runs")
+    parser.add_argument(
+        "--spark-master", default="local[2]", help="Spark master for every task (default local[2])"
+    )
+    parser.add_argument(
+        "--eager-spark", action="store_true", help="create `spark` before each script runs"
+    )
     parser.add_argument(
         "--no-jvm-quick-start",
         action="store_true",
@@ -58,14 +64,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="reject unknown existing_cluster_id like Databricks (default: create it on first use)",
     )
-    parser.add_argument("--verbose", action="store_true", help="log every request (never the token)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log every request (never the token)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
-    clusters, secrets = load_cluster_config(args.cluster_config) if args.cluster_config else ({}, {})
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"
+    )
+    clusters, secrets = (
+        load_cluster_config(args.cluster_config) if args.cluster_config else ({}, {})
+    )
     emu = DatabricksEmulator(
         EmulatorConfig(
             root=args.root,

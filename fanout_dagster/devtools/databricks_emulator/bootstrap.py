@@ -65,7 +65,11 @@ class LazySparkSession:
         return dir(self._get())
 
     def __repr__(self) -> str:
-        return repr(self._session) if self._session is not None else "<SparkSession (created on first use)>"
+        return (
+            repr(self._session)
+            if self._session is not None
+            else "<SparkSession (created on first use)>"
+        )
 
 
 class LazySparkContext:

@@ -66,7 +66,9 @@ class Cluster:
     def describe(self) -> dict[str, Any]:
         """The ``clusters/get`` body."""
         name = self.spec.get("cluster_name") or (
-            f"job-cluster-{self.cluster_id}" if self.source == "JOB" else f"emulator-{self.cluster_id}"
+            f"job-cluster-{self.cluster_id}"
+            if self.source == "JOB"
+            else f"emulator-{self.cluster_id}"
         )
         body: dict[str, Any] = copy.deepcopy(self.spec)
         body.update(
@@ -98,7 +100,10 @@ class Cluster:
             body.setdefault("num_workers", 0)
         if self.state == "RUNNING":
             body["spark_context_id"] = self.spark_context_id
-            body["driver"] = {"host_private_ip": "127.0.0.1", "node_id": f"driver-{self.cluster_id}"}
+            body["driver"] = {
+                "host_private_ip": "127.0.0.1",
+                "node_id": f"driver-{self.cluster_id}",
+            }
         if self.last_started_ms is not None:
             body["last_restarted_time"] = self.last_started_ms
         if self.terminated_ms is not None and self.state == "TERMINATED":
@@ -119,7 +124,9 @@ class ClusterManager:
 
     # -- definitions -----------------------------------------------------------------------------
 
-    def define(self, cluster_id: str, spec: dict[str, Any] | None = None, running: bool = False) -> Cluster:
+    def define(
+        self, cluster_id: str, spec: dict[str, Any] | None = None, running: bool = False
+    ) -> Cluster:
         """Declare an all-purpose cluster (its spark_conf/spark_env_vars apply to its tasks)."""
         cluster = Cluster(cluster_id=cluster_id, spec=dict(spec or {}), source="UI")
         if running:
@@ -162,7 +169,10 @@ class ClusterManager:
         cluster.state_message = "Starting Spark"
         cluster.ready.clear()
         threading.Thread(
-            target=self._finish_start, args=(cluster,), name=f"cluster-start-{cluster.cluster_id}", daemon=True
+            target=self._finish_start,
+            args=(cluster,),
+            name=f"cluster-start-{cluster.cluster_id}",
+            daemon=True,
         ).start()
 
     def _finish_start(self, cluster: Cluster) -> None:

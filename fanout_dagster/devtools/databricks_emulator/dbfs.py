@@ -143,7 +143,9 @@ class DbfsService:
             handle = next(self._handle_ids)
             temp = self._uploads / f"upload-{handle}"
             temp.write_bytes(b"")
-            self._streams[handle] = _OpenStream(path=path, target=local, temp=temp, overwrite=overwrite)
+            self._streams[handle] = _OpenStream(
+                path=path, target=local, temp=temp, overwrite=overwrite
+            )
         return {"handle": handle}
 
     def _stream(self, body: dict[str, Any]) -> tuple[int, _OpenStream]:
@@ -262,7 +264,9 @@ class DbfsService:
         if not src.exists():
             raise _no_such_path(src_path)
         if dst.exists():
-            raise already_exists(f"A file or directory already exists at the input path {dst_path}.")
+            raise already_exists(
+                f"A file or directory already exists at the input path {dst_path}."
+            )
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
         return {}

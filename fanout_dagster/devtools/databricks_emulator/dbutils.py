@@ -54,7 +54,9 @@ class FsUtils:
     def _info(self, local: Path) -> FileInfo:
         st = local.stat()
         if local.is_dir():
-            return FileInfo(self._uri(local).rstrip("/") + "/", local.name + "/", 0, int(st.st_mtime * 1000))
+            return FileInfo(
+                self._uri(local).rstrip("/") + "/", local.name + "/", 0, int(st.st_mtime * 1000)
+            )
         return FileInfo(self._uri(local), local.name, st.st_size, int(st.st_mtime * 1000))
 
     def ls(self, dir: str) -> list[FileInfo]:  # noqa: A002 - Databricks' parameter name

@@ -25,8 +25,8 @@ from .dbfs import DbfsService
 from .errors import invalid_parameter
 from .faults import FaultInjector
 from .model import TERMINAL_STATES, RunSettings
-from .runs import RunManager
 from .permissions import PermissionStore
+from .runs import RunManager
 from .secrets import SecretStore
 from .server import EmulatorHTTPServer
 from .stats import Stats
@@ -41,11 +41,15 @@ class EmulatorConfig:
     cancel_grace_seconds: float = 5.0
     spark_master: str = "local[2]"
     eager_spark: bool = False  # True: create `spark` before the script runs, as a cluster has it
-    auto_create_clusters: bool = True  # False: unknown existing_cluster_id is rejected (real behaviour)
+    auto_create_clusters: bool = (
+        True  # False: unknown existing_cluster_id is rejected (real behaviour)
+    )
     # {cluster_id: {"spark_conf": {...}, "spark_env_vars": {...}, "cluster_name": ..., "running": bool}}
     clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_spark_conf: dict[str, str] = field(default_factory=dict)  # under the cluster's spark_conf
-    jvm_quick_start: bool = True  # faster driver JVM start (C1 JIT, serial GC); see runs.RunSettings
+    jvm_quick_start: bool = (
+        True  # faster driver JVM start (C1 JIT, serial GC); see runs.RunSettings
+    )
 
 
 def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
@@ -53,7 +57,9 @@ def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str
     data = json.loads(Path(path).read_text())
     clusters = data.get("clusters", {})
     if isinstance(clusters, list):  # also accept [{"cluster_id": ..., ...}]
-        clusters = {c["cluster_id"]: {k: v for k, v in c.items() if k != "cluster_id"} for c in clusters}
+        clusters = {
+            c["cluster_id"]: {k: v for k, v in c.items() if k != "cluster_id"} for c in clusters
+        }
     return dict(clusters), dict(data.get("secrets", {}))
 
 
@@ -72,7 +78,9 @@ class DatabricksEmulator:
         self.permissions = PermissionStore()
         self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads")
         self.clusters = ClusterManager(
-            self.stats_recorder, config.cluster_start_seconds, auto_create=config.auto_create_clusters
+            self.stats_recorder,
+            config.cluster_start_seconds,
+            auto_create=config.auto_create_clusters,
         )
         for cluster_id, spec in config.clusters.items():
             spec = dict(spec)
@@ -103,7 +111,10 @@ class DatabricksEmulator:
         """Bind 127.0.0.1 (loopback only) and serve in a background thread."""
         self._bind()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="databricks-emulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="databricks-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -206,7 +217,9 @@ class DatabricksEmulator:
             if body["state"]["life_cycle_state"] in TERMINAL_STATES:
                 return body
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} still {body['state']['life_cycle_state']} after {timeout}s")
+                raise TimeoutError(
+                    f"run {run_id} still {body['state']['life_cycle_state']} after {timeout}s"
+                )
             time.sleep(0.1)
 
     # -- REST handlers that live here (not Databricks services) --------------------------------
@@ -225,7 +238,13 @@ class DatabricksEmulator:
         return {}
 
     def admin_inject_faults(self, body: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"drop_submit_responses", "http_429", "http_503", "path_prefix", "retry_after_seconds"}
+        allowed = {
+            "drop_submit_responses",
+            "http_429",
+            "http_503",
+            "path_prefix",
+            "retry_after_seconds",
+        }
         unknown = set(body) - allowed
         if unknown:
             raise invalid_parameter(f"Unknown fault fields: {sorted(unknown)}")

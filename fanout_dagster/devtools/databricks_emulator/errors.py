@@ -15,7 +15,9 @@ from typing import Any
 class ApiError(Exception):
     """An error answered to the client as a Databricks error body."""
 
-    def __init__(self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None
+    ):
         super().__init__(f"{error_code}: {message}")
         self.status = status
         self.error_code = error_code

@@ -69,7 +69,9 @@ class FaultInjector:
         """The error to answer instead of handling ``path``, consuming one injected fault."""
         with self._lock:
             for fault in self._status_faults:
-                if fault.remaining > 0 and (fault.path_prefix is None or path.startswith(fault.path_prefix)):
+                if fault.remaining > 0 and (
+                    fault.path_prefix is None or path.startswith(fault.path_prefix)
+                ):
                     fault.remaining -= 1
                     self._status_faults = [f for f in self._status_faults if f.remaining > 0]
                     headers = {"Retry-After": str(fault.retry_after_seconds)}

@@ -25,8 +25,12 @@ class PermissionStore:
             "object_id": f"/{kind}/{object_id}",
             "object_type": _OBJECT_TYPES[kind],
             "access_control_list": [
-                {**{k: v for k, v in entry.items() if k != "permission_level"},
-                 "all_permissions": [{"permission_level": entry.get("permission_level"), "inherited": False}]}
+                {
+                    **{k: v for k, v in entry.items() if k != "permission_level"},
+                    "all_permissions": [
+                        {"permission_level": entry.get("permission_level"), "inherited": False}
+                    ],
+                }
                 for entry in acl
             ],
         }

@@ -24,7 +24,9 @@ _TERMINATION = {
 }
 
 
-def state_json(life_cycle: str, result: str | None, message: str, cancelled: bool) -> dict[str, Any]:
+def state_json(
+    life_cycle: str, result: str | None, message: str, cancelled: bool
+) -> dict[str, Any]:
     state: dict[str, Any] = {
         "life_cycle_state": life_cycle,
         "state_message": message,
@@ -41,7 +43,10 @@ def status_json(life_cycle: str, result: str | None, message: str) -> dict[str, 
     code, kind = _TERMINATION.get(result or "", ("RUN_EXECUTION_ERROR", "CLIENT_ERROR"))
     if life_cycle == "INTERNAL_ERROR":
         code, kind = "INTERNAL_ERROR", "INTERNAL_ERROR"
-    return {"state": "TERMINATED", "termination_details": {"code": code, "type": kind, "message": message}}
+    return {
+        "state": "TERMINATED",
+        "termination_details": {"code": code, "type": kind, "message": message},
+    }
 
 
 def task_json(run: Run, task: TaskRun, page_url: PageUrl) -> dict[str, Any]:
@@ -53,12 +58,17 @@ def task_json(run: Run, task: TaskRun, page_url: PageUrl) -> dict[str, Any]:
             "run_id": task.run_id,
             "attempt_number": 0,
             "state": state_json(
-                task.life_cycle_state, task.result_state, task.state_message, run.user_cancelled_or_timedout
+                task.life_cycle_state,
+                task.result_state,
+                task.state_message,
+                run.user_cancelled_or_timedout,
             ),
             "status": status_json(task.life_cycle_state, task.result_state, task.state_message),
             "start_time": task.start_time,
             "end_time": end,
-            "setup_duration": ((running or end or now_ms()) - task.start_time) if task.start_time else 0,
+            "setup_duration": ((running or end or now_ms()) - task.start_time)
+            if task.start_time
+            else 0,
             "execution_duration": ((end or now_ms()) - running) if running else 0,
             "cleanup_duration": 0,
             "run_page_url": page_url(run, task.run_id),
@@ -82,7 +92,12 @@ def run_json(run: Run, page_url: PageUrl) -> dict[str, Any]:
         "run_type": "SUBMIT_RUN",
         "format": "SINGLE_TASK" if run.legacy else "MULTI_TASK",
         "trigger": "ONE_TIME",
-        "state": state_json(run.life_cycle_state, run.result_state, run.state_message, run.user_cancelled_or_timedout),
+        "state": state_json(
+            run.life_cycle_state,
+            run.result_state,
+            run.state_message,
+            run.user_cancelled_or_timedout,
+        ),
         "status": status_json(run.life_cycle_state, run.result_state, run.state_message),
         "start_time": run.start_time,
         "end_time": run.end_time,

@@ -27,7 +27,15 @@ from typing import Any
 from . import run_json
 from .clusters import Cluster, ClusterManager
 from .errors import ApiError, invalid_parameter, run_does_not_exist
-from .model import LEGACY_TASK_FIELDS, TASK_TYPES, TERMINAL_STATES, Run, RunSettings, TaskRun, now_ms
+from .model import (
+    LEGACY_TASK_FIELDS,
+    TASK_TYPES,
+    TERMINAL_STATES,
+    Run,
+    RunSettings,
+    TaskRun,
+    now_ms,
+)
 from .paths import DbfsRoot
 from .secrets import SecretStore
 from .stats import Stats
@@ -122,12 +130,16 @@ class RunManager:
                 self._tasks_by_run_id[task.run_id] = (run, task)
             if token is not None:
                 self._by_token[token] = run_id
-            self._stats.run_submitted(run_id, [lib for t in tasks for lib in t.spec.get("libraries", [])])
+            self._stats.run_submitted(
+                run_id, [lib for t in tasks for lib in t.spec.get("libraries", [])]
+            )
             if timeout:
                 run.timeout_timer = threading.Timer(timeout, self._time_out, args=(run,))
                 run.timeout_timer.daemon = True
                 run.timeout_timer.start()
-            run.thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True)
+            run.thread = threading.Thread(
+                target=self._execute, args=(run,), name=f"run-{run_id}", daemon=True
+            )
             run.thread.start()
         return {"run_id": run_id}
 
@@ -143,7 +155,9 @@ class RunManager:
             task["task_key"] = _safe_name(body.get("run_name") or "task")
             tasks, legacy = [task], True
         else:
-            raise invalid_parameter("A run needs 'tasks' (or a top-level task in the legacy format).")
+            raise invalid_parameter(
+                "A run needs 'tasks' (or a top-level task in the legacy format)."
+            )
 
         keys: set[str] = set()
         for task in tasks:
@@ -157,21 +171,31 @@ class RunManager:
             keys.add(key)
             kinds = [t for t in TASK_TYPES if task.get(t) is not None]
             if len(kinds) != 1:
-                raise invalid_parameter(f"Task {key} must specify exactly one task type (got {kinds or 'none'})")
+                raise invalid_parameter(
+                    f"Task {key} must specify exactly one task type (got {kinds or 'none'})"
+                )
             if kinds[0] != "spark_python_task":
                 raise invalid_parameter(
                     f"The Databricks emulator only runs spark_python_task (task {key} is a {kinds[0]})"
                 )
             spt = task["spark_python_task"]
-            if not isinstance(spt, dict) or not isinstance(spt.get("python_file"), str) or not spt["python_file"]:
+            if (
+                not isinstance(spt, dict)
+                or not isinstance(spt.get("python_file"), str)
+                or not spt["python_file"]
+            ):
                 raise invalid_parameter(f"Task {key}: spark_python_task.python_file is required")
             params = spt.get("parameters", [])
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-                raise invalid_parameter(f"Task {key}: spark_python_task.parameters must be a list of strings")
+                raise invalid_parameter(
+                    f"Task {key}: spark_python_task.parameters must be a list of strings"
+                )
             has_existing = task.get("existing_cluster_id") is not None
             has_new = task.get("new_cluster") is not None
             if has_existing == has_new:
-                raise invalid_parameter(f"Task {key}: exactly one of existing_cluster_id or new_cluster is required")
+                raise invalid_parameter(
+                    f"Task {key}: exactly one of existing_cluster_id or new_cluster is required"
+                )
             if has_existing:
                 self._clusters.existing(task["existing_cluster_id"])  # validates (or auto-creates)
             elif not isinstance(task["new_cluster"], dict):
@@ -182,13 +206,17 @@ class RunManager:
         for task in tasks:
             for dep in task.get("depends_on", []) or []:
                 if not isinstance(dep, dict) or dep.get("task_key") not in keys:
-                    raise invalid_parameter(f"Task {task['task_key']} depends on an unknown task: {dep}")
+                    raise invalid_parameter(
+                        f"Task {task['task_key']} depends on an unknown task: {dep}"
+                    )
         _topological_order(tasks)  # raises on cycles
         return [dict(t) for t in tasks], legacy
 
     # -- execution ---------------------------------------------------------------------------------
 
-    def _set_run_state(self, run: Run, life_cycle: str, message: str, result: str | None = None) -> None:
+    def _set_run_state(
+        self, run: Run, life_cycle: str, message: str, result: str | None = None
+    ) -> None:
         with self._lock:
             run.life_cycle_state = life_cycle
             run.state_message = message
@@ -206,8 +234,12 @@ class RunManager:
                     self._finish_task(task, "CANCELED", "Run cancelled.")
                 elif any(u.result_state != "SUCCESS" for u in upstream):
                     bad = next(u for u in upstream if u.result_state != "SUCCESS")
-                    result = "UPSTREAM_CANCELED" if bad.result_state == "CANCELED" else "UPSTREAM_FAILED"
-                    self._finish_task(task, result, f"Upstream task {bad.task_key} did not succeed.")
+                    result = (
+                        "UPSTREAM_CANCELED" if bad.result_state == "CANCELED" else "UPSTREAM_FAILED"
+                    )
+                    self._finish_task(
+                        task, result, f"Upstream task {bad.task_key} did not succeed."
+                    )
                 else:
                     self._run_task(run, task)
             self._finish_run(run)
@@ -233,7 +265,9 @@ class RunManager:
             task.state_message = "Waiting for cluster"
         if not self._clusters.wait_until_running(cluster, run.cancel_event):
             if self._shutting_down:
-                self._finish_task(task, None, "The emulator shut down.", life_cycle="INTERNAL_ERROR")
+                self._finish_task(
+                    task, None, "The emulator shut down.", life_cycle="INTERNAL_ERROR"
+                )
             else:
                 self._finish_task(task, "CANCELED", "Run cancelled.")
             self._release(cluster)
@@ -248,7 +282,9 @@ class RunManager:
                 try:
                     proc = start_task_process(run, task, self._dbfs, self._secrets, self._settings)
                 except OSError as exc:
-                    self._finish_task(task, None, f"Could not start the task: {exc}", life_cycle="INTERNAL_ERROR")
+                    self._finish_task(
+                        task, None, f"Could not start the task: {exc}", life_cycle="INTERNAL_ERROR"
+                    )
                     self._release(cluster)
                     return
                 run.process = proc
@@ -270,7 +306,9 @@ class RunManager:
         try:
             code = proc.wait()
         finally:
-            (task.dir / "secrets.json").unlink(missing_ok=True)  # if the task died before reading it
+            (task.dir / "secrets.json").unlink(
+                missing_ok=True
+            )  # if the task died before reading it
             self._stats.task_finished(cluster.cluster_id)
             if timer is not None:
                 timer.cancel()
@@ -297,7 +335,9 @@ class RunManager:
         if cluster.source == "JOB":
             self._clusters.terminate(cluster, "Job cluster terminated after the task finished.")
 
-    def _finish_task(self, task: TaskRun, result: str | None, message: str, life_cycle: str = "TERMINATED") -> None:
+    def _finish_task(
+        self, task: TaskRun, result: str | None, message: str, life_cycle: str = "TERMINATED"
+    ) -> None:
         with self._lock:
             task.life_cycle_state = life_cycle
             task.result_state = result
@@ -347,7 +387,9 @@ class RunManager:
             if run.life_cycle_state in TERMINAL_STATES:
                 return
             run.cancel_event.set()
-            self._set_run_state(run, "TERMINATING", message, "TIMEDOUT" if run.timed_out else "CANCELED")
+            self._set_run_state(
+                run, "TERMINATING", message, "TIMEDOUT" if run.timed_out else "CANCELED"
+            )
             if run.process is not None:
                 run.process.terminate(self._settings.cancel_grace_seconds)
 

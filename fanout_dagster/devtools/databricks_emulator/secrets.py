@@ -33,7 +33,9 @@ class SecretStore:
         """All secrets as ``{scope: {key: base64 value}}`` for a task process."""
         with self._lock:
             return {
-                scope: {key: base64.b64encode(raw).decode("ascii") for key, (raw, _) in keys.items()}
+                scope: {
+                    key: base64.b64encode(raw).decode("ascii") for key, (raw, _) in keys.items()
+                }
                 for scope, keys in self._scopes.items()
             }
 
@@ -69,7 +71,9 @@ class SecretStore:
 
     def list_scopes(self, _query: dict[str, str]) -> dict[str, Any]:
         with self._lock:
-            return {"scopes": [{"name": s, "backend_type": "DATABRICKS"} for s in sorted(self._scopes)]}
+            return {
+                "scopes": [{"name": s, "backend_type": "DATABRICKS"} for s in sorted(self._scopes)]
+            }
 
     def put(self, body: dict[str, Any]) -> dict[str, Any]:
         scope = self._name(body, "scope")
@@ -103,7 +107,9 @@ class SecretStore:
         scope = self._name(query, "scope")
         with self._lock:
             keys = self._scope(scope)
-            secrets = [{"key": k, "last_updated_timestamp": ts} for k, (_, ts) in sorted(keys.items())]
+            secrets = [
+                {"key": k, "last_updated_timestamp": ts} for k, (_, ts) in sorted(keys.items())
+            ]
         return {"secrets": secrets} if secrets else {}
 
     def get(self, query: dict[str, str]) -> dict[str, Any]:

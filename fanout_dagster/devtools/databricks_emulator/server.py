@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class Route:
-    def __init__(self, method: str, pattern: str, name: str, handler: Callable[..., dict[str, Any]]):
+    def __init__(
+        self, method: str, pattern: str, name: str, handler: Callable[..., dict[str, Any]]
+    ):
         self.method = method
         self.regex = re.compile(f"^{pattern}$")
         self.name = name  # the key used in stats["api_calls"]
@@ -138,7 +140,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         payload = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -173,7 +177,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self.server.stopped:
             # A pooled keep-alive connection outlived stop(): answer nothing more.
             self.close_connection = True
-            self._send_json(503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "The emulator has stopped."})
+            self._send_json(
+                503,
+                {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "The emulator has stopped."},
+            )
             return
         try:
             auth_error = self._authorized()
@@ -206,7 +213,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send_json(err.status, err.body(), err.headers)
         except Exception:  # noqa: BLE001 - answer like the service would, keep serving
             log.exception("emulator error on %s %s", method, path)
-            self._send_json(500, {"error_code": "INTERNAL_ERROR", "message": "Internal error in the emulator."})
+            self._send_json(
+                500, {"error_code": "INTERNAL_ERROR", "message": "Internal error in the emulator."}
+            )
 
     def _route(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
         for route in self.server.routes:
@@ -217,12 +226,16 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _arguments(query: str, raw_body: bytes) -> dict[str, Any]:
-        args: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        args: dict[str, Any] = {
+            k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()
+        }
         if raw_body.strip():
             try:
                 body = json.loads(raw_body)
             except ValueError:
-                raise ApiError(400, "MALFORMED_REQUEST", "Invalid JSON given in the body of the request") from None
+                raise ApiError(
+                    400, "MALFORMED_REQUEST", "Invalid JSON given in the body of the request"
+                ) from None
             if not isinstance(body, dict):
                 raise invalid_parameter("The request body must be a JSON object")
             # Some clients send GET parameters as a JSON body; accept both.

@@ -33,7 +33,9 @@ class Stats:
         self._tasks_started = 0
         self._runs_started: set[int] = set()
         self._max_running = self._running
-        self._max_running_per_cluster: dict[str, int] = {k: v for k, v in self._running_per_cluster.items() if v}
+        self._max_running_per_cluster: dict[str, int] = {
+            k: v for k, v in self._running_per_cluster.items() if v
+        }
         self._cluster_starts = 0
         self._cluster_start_seconds = 0.0
         self._libraries: dict[str, list[Any]] = {}
@@ -65,7 +67,8 @@ class Stats:
             self._max_running = max(self._max_running, self._running)
             self._running_per_cluster[cluster_id] += 1
             self._max_running_per_cluster[cluster_id] = max(
-                self._max_running_per_cluster.get(cluster_id, 0), self._running_per_cluster[cluster_id]
+                self._max_running_per_cluster.get(cluster_id, 0),
+                self._running_per_cluster[cluster_id],
             )
 
     def task_finished(self, cluster_id: str) -> None:

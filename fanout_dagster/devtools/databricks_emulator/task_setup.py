@@ -132,7 +132,11 @@ def write_spark_conf(conf_dir: Path, task: TaskRun, dbfs: DbfsRoot, settings: Ru
         "spark.hadoop.fs.viewfs.overload.scheme.target.dbfs.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
         "spark.hadoop.fs.viewfs.mounttable.default.linkFallback": dbfs_uri,
         "spark.hadoop.fs.dbfs.impl.disable.cache": "true",
-        **({"spark.driver.extraJavaOptions": JVM_QUICK_START_OPTIONS} if settings.jvm_quick_start else {}),
+        **(
+            {"spark.driver.extraJavaOptions": JVM_QUICK_START_OPTIONS}
+            if settings.jvm_quick_start
+            else {}
+        ),
         **settings.extra_spark_conf,
         **cluster.spark_conf,
         # The emulator, not the cluster spec, decides how many local cores a task uses.
@@ -149,7 +153,9 @@ def read_error(task: TaskRun, exit_code: int) -> tuple[str, str]:
     if error_file.exists():
         try:
             data = json.loads(error_file.read_text())
-            return str(data.get("error") or f"Exit code {exit_code}"), str(data.get("error_trace") or "")
+            return str(data.get("error") or f"Exit code {exit_code}"), str(
+                data.get("error_trace") or ""
+            )
         except (OSError, ValueError):
             pass
     return f"The task process exited with code {exit_code}", tail(task.stderr_path, 64 * 1024)[0]
@@ -158,7 +164,9 @@ def read_error(task: TaskRun, exit_code: int) -> tuple[str, str]:
 def deliver_cluster_logs(task: TaskRun, dbfs: DbfsRoot) -> None:
     """Append the driver logs under ``cluster_log_conf.dbfs.destination``, as clusters do."""
     cluster = task.cluster
-    destination = ((cluster.spec.get("cluster_log_conf") or {}).get("dbfs") or {}).get("destination")
+    destination = ((cluster.spec.get("cluster_log_conf") or {}).get("dbfs") or {}).get(
+        "destination"
+    )
     if not destination:
         return
     try:
