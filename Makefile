@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 OBJECTS ?=
 MODES ?=
 
-.PHONY: dev test test-fast test-slow emulator bench check-java install clean
+.PHONY: dev test test-fast test-slow lint format emulator bench check-java install clean
 
 install: $(STAMP)
 
@@ -20,8 +20,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# The wheel holds only the product (fanout_dagster). The emulator, the
+# benchmark and the tests sit beside it: a .pth file puts the repository on
+# the venv's path, so they import from anywhere (subprocesses included).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "fanout_dagster_dev.pth").write_text("$(CURDIR)\n")'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -42,9 +46,19 @@ test-fast: $(STAMP) check-java
 test-slow: $(STAMP) check-java
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# ruff (lint rules + the formatter's check) and mypy, configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # A local Databricks workspace emulator on 127.0.0.1 (prints host and token).
 emulator: $(STAMP) check-java
-	$(PY) -m fanout_dagster.devtools.databricks_emulator
+	$(PY) -m databricks_emulator
 
 bench: $(STAMP) check-java
 	$(PY) -m bench $(if $(OBJECTS),--objects $(OBJECTS)) $(if $(MODES),--modes $(MODES))

@@ -257,7 +257,7 @@ class Bench:
                 "FANOUT_CONFIGS_DIR": spec["configs"],
                 "FANOUT_DATA_ROOT": spec["data_root"],
                 "FANOUT_BRONZE_LOCATION": spec["warehouse"],
-                "FANOUT_WAREHOUSE": spec["spark_warehouse"],
+                "FANOUT_SPARK_WAREHOUSE": spec["spark_warehouse"],
                 "FANOUT_OBJECTS_PER_RUN": str(spec["pack_size"]),
                 "FANOUT_THREADS_PER_RUN": str(spec["threads"]),
                 "FANOUT_SPARK_MASTER": spec["spark_master"],
@@ -334,7 +334,7 @@ class Bench:
         if self.args.quiet_wait > 0:
             waited, background_before = proc.wait_for_quiet(self.args.quiet_wait, CONTENDED_CORES)
         log = self.logs / f"{mode}-n{n}.log"
-        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         print(
             f"> {mode} N={spec['objects']}"
             + (f" (waited {waited:.0f} s for a quiet machine)" if waited > 6 else "")
@@ -476,10 +476,10 @@ class Bench:
         walls, cpus = [], []
         if self.args.quiet_wait > 0:
             proc.wait_for_quiet(self.args.quiet_wait, CONTENDED_CORES)
-        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         print(f"> scale_definitions_load N={n} ... ", end="", flush=True)
         background = []
-        for i in range(3):
+        for _i in range(3):
             m = proc.run_measured(
                 [sys.executable, "-c", "import fanout_dagster.definitions"],
                 env=env,
@@ -615,7 +615,7 @@ def _round(value, digits: int = 2):
 def _linear(xs, ys, x):
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((a - mx) ** 2 for a in xs)
-    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sxx
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sxx
     return my + slope * (x - mx)
 
 

@@ -75,7 +75,9 @@ def write_instance(home: Path, concurrency: int) -> Path:
     for limit in limits:
         if limit.get("key") == "fanout/cluster" and limit.get("value") == "default":
             limit["limit"] = concurrency
-    if not any(l.get("key") == "fanout/cluster" and l.get("value") == "default" for l in limits):
+    if not any(
+        lim.get("key") == "fanout/cluster" and lim.get("value") == "default" for lim in limits
+    ):
         limits.append({"key": "fanout/cluster", "value": "default", "limit": concurrency})
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     workspace = home / "workspace.yaml"
@@ -161,7 +163,7 @@ class Daemon:
     def __init__(self, workspace: Path, env: dict, log_path: Path, cwd: Path):
         self.log_path = log_path
         self.launched = time.time()
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - held for the daemon's lifetime
         exe = str(Path(sys.executable).with_name("dagster-daemon"))
         self.proc = subprocess.Popen(
             [exe, "run", "-w", str(workspace), "--log-level", "debug"],
@@ -318,7 +320,7 @@ def _result(
 ) -> dict:
     from dagster import DagsterEventType
 
-    from fanout_dagster.placement import OBJECTS_TAG
+    from fanout_dagster.tags import OBJECTS_TAG
 
     records = {
         r.dagster_run.run_id: r for r in instance.get_run_records(filters=_run_filter(backfill_id))

@@ -24,7 +24,7 @@ MODES = ("databricks_per_run", "databricks_packed")
 def unavailable_reason() -> str | None:
     """None when the emulator and the databricks target can be used, else why not."""
     try:
-        from fanout_dagster.devtools.databricks_emulator import run_emulator  # noqa: F401
+        from databricks_emulator import run_emulator  # noqa: F401
     except Exception as exc:  # not written yet, or broken mid-edit
         return f"Databricks emulator not available ({type(exc).__name__}: {exc})"
     try:
@@ -36,7 +36,7 @@ def unavailable_reason() -> str | None:
 
 def run_databricks(spec: dict) -> dict:
     from bench.dagster_modes import run_dagster
-    from fanout_dagster.devtools.databricks_emulator import run_emulator
+    from databricks_emulator import run_emulator
 
     workdir = Path(spec["workdir"])
     with run_emulator(

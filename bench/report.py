@@ -94,10 +94,13 @@ def console_table(records: list[dict]) -> str:
         for i, h in enumerate(header)
     ]
     widths[-1] = len(header[-1])
-    line = lambda cells: "  ".join(
-        c.ljust(w) if i in (0, len(cells) - 1) else c.rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths))
-    )
+
+    def line(cells):
+        return "  ".join(
+            c.ljust(w) if i in (0, len(cells) - 1) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
@@ -183,7 +186,7 @@ def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | Non
     )
     tab20 = plt.get_cmap("tab20")
     palette = [tab20(i) for i in range(20) if i not in (6, 7)]  # no reds: failures are hatched
-    for ax, mode in zip(axes[:, 0], modes):
+    for ax, mode in zip(axes[:, 0], modes, strict=True):
         data = timelines[mode]
         t0 = data["t0"]
         objects = sorted(data["timeline"], key=lambda o: (o["start"], o["object"]))

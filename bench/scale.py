@@ -116,12 +116,12 @@ def _evaluate_in_process(spec: dict) -> tuple[float, int]:
     """The sensor function alone, on an empty in-memory instance: reading, hashing, requests."""
     from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-    from fanout_dagster.resources.catalog import ObjectCatalog
+    from fanout_dagster.resources.object_configs import ObjectConfigs
     from fanout_dagster.sensors import object_configs_sensor
 
     with DagsterInstance.ephemeral() as instance:
-        catalog = ObjectCatalog(configs_dir=spec["configs"], data_root=spec["data_root"])
-        context = build_sensor_context(instance=instance, resources={"catalog": catalog})
+        catalog = ObjectConfigs(configs_dir=spec["configs"], data_root=spec["data_root"])
+        context = build_sensor_context(instance=instance, resources={"object_configs": catalog})
         started = time.perf_counter()
         result = object_configs_sensor(context)
         elapsed = time.perf_counter() - started

@@ -137,7 +137,7 @@ def run_per_process(spec: dict) -> dict:
     running: dict[int, tuple[subprocess.Popen, str, float, Path]] = {}
     finished: list[dict] = []
     t0 = time.time()
-    log = open(workdir / "children.log", "ab")
+    log = open(workdir / "children.log", "ab")  # noqa: SIM115 - shared by every child
     while pending or running:
         while pending and len(running) < spec["concurrency"]:
             index, key = pending.pop(0)

@@ -1,70 +1,59 @@
 """The code location: one asset, one sensor, resources chosen per target.
 
-The target is picked here and only here, by FANOUT_TARGET:
-- `local` (default): embedded Spark in the run process, Parquet bronze tables
-  under warehouse/, no credentials;
+The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
+- `local` (default): embedded Spark in the run process, bronze tables under
+  warehouse/, no credentials;
 - `databricks`: each step runs as a Databricks run through the dagster-databricks
   step launcher, on the cluster's SparkSession (resources/databricks.py).
 """
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 from dagster import Definitions, ResourceDefinition, in_process_executor
 
 from fanout_dagster.assets.bronze import build_bronze_asset
-from fanout_dagster.resources.catalog import ObjectCatalog
+from fanout_dagster.resources.bronze_tables import BronzeTables
+from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.resources.spark import LocalSparkResource
-from fanout_dagster.resources.warehouse import BronzeWarehouse
-from fanout_dagster.sensors import DEFAULT_MAX_RUNS_PER_TICK, build_object_sensor
-
-TARGETS = ("local", "databricks")
+from fanout_dagster.sensors import build_object_sensor
+from fanout_dagster.settings import Settings
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def local_resources() -> dict:
+def local_resources(settings: Settings) -> dict[str, Any]:
     return {
         "spark": LocalSparkResource(
-            master=os.environ.get("FANOUT_SPARK_MASTER", "local[2]"),
-            warehouse_dir=os.environ.get("FANOUT_WAREHOUSE", "warehouse"),
+            master=settings.spark_master, warehouse_dir=settings.spark_warehouse
         ),
-        "warehouse": BronzeWarehouse(
-            format="parquet", location=os.environ.get("FANOUT_BRONZE_LOCATION", "warehouse/bronze")
-        ),
-        "catalog": ObjectCatalog.from_env(),
+        "bronze_tables": BronzeTables(format="parquet", location=settings.bronze_location),
+        "object_configs": ObjectConfigs.from_settings(settings),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),
     }
 
 
-def databricks_resources() -> dict:
+def databricks_resources(settings: Settings) -> dict[str, Any]:
     from fanout_dagster.resources.databricks import databricks_target_resources
 
-    return databricks_target_resources(ObjectCatalog.from_env())
+    return databricks_target_resources(settings)
 
 
-def build_definitions(target: str | None = None) -> Definitions:
-    target = target or os.environ.get("FANOUT_TARGET", "local")
-    if target not in TARGETS:
-        raise ValueError(f"FANOUT_TARGET={target!r}: expected one of {', '.join(TARGETS)}")
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    settings = settings or Settings()
     # Packing: how many objects one run takes from a backfill, and how many of
     # them load at once. Small objects want big packs (Spark start-up paid once);
     # large objects want 1 (see README, "Packing").
-    objects_per_run = _env_int("FANOUT_OBJECTS_PER_RUN", 1)
     bronze = build_bronze_asset(
-        objects_per_run=objects_per_run,
-        threads_per_run=_env_int("FANOUT_THREADS_PER_RUN", 4),
+        objects_per_run=settings.objects_per_run, threads_per_run=settings.threads_per_run
     )
     sensor = build_object_sensor(
-        objects_per_run=objects_per_run,
-        max_runs_per_tick=_env_int("FANOUT_MAX_RUNS_PER_TICK", DEFAULT_MAX_RUNS_PER_TICK),
+        objects_per_run=settings.objects_per_run, max_runs_per_tick=settings.max_runs_per_tick
     )
-    resources = local_resources() if target == "local" else databricks_resources()
+    if settings.target == "local":
+        resources = local_resources(settings)
+    else:
+        resources = databricks_resources(settings)
     return Definitions(
         assets=[bronze],
         sensors=[sensor],

@@ -22,7 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -180,7 +180,7 @@ def ingest_object(
         )
 
     def audited(df: DataFrame, load_id: Column) -> DataFrame:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return with_audit_columns(
             df, ingested_at=now, run_id=run_id, partition_key=obj.key, load_id=load_id
         )

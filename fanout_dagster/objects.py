@@ -361,7 +361,7 @@ def _reject_duplicates(
                 continue
             files = [candidates[i].config_file for i in indexes]
             for i in indexes:
-                others = ", ".join(f for j, f in zip(indexes, files) if j != i)
+                others = ", ".join(f for j, f in zip(indexes, files, strict=True) if j != i)
                 errors.append(
                     ConfigError(
                         candidates[i].config_file,

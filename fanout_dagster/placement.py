@@ -13,15 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from fanout_dagster.objects import DEFAULT_CLUSTER
-
-# Run tags. The run queue limits runs per value of CLUSTER_TAG (dagster.yaml).
-CLUSTER_TAG = "fanout/cluster"
-# Every cluster a packed run touches, when it is more than one.
-CLUSTERS_TAG = "fanout/clusters"
-# The pack's partition keys, comma-separated (keys never contain commas).
-# The remote side of a Databricks step reads them: Dagster ships no dynamic
-# partitions to the remote step for ranged runs.
-OBJECTS_TAG = "fanout/objects"
+from fanout_dagster.tags import CLUSTER_TAG, CLUSTERS_TAG
 
 _KV_PREFIX = "fanout_dagster/cluster/"
 

@@ -27,8 +27,10 @@ from dagster._core.storage.tags import (
 )
 
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, cluster_tags, recorded_clusters
-from fanout_dagster.resources.catalog import ObjectCatalog
+from fanout_dagster.placement import cluster_tags, recorded_clusters
+from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.settings import Settings
+from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
 
 BRONZE_KEY = AssetKey("bronze")
 
@@ -71,7 +73,7 @@ class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
 def _declared_clusters() -> dict[str, str]:
     # For objects the sensor has not recorded (it may be stopped): read the
     # configs folder this process is pointed at.
-    catalog = ObjectCatalog.from_env()
+    catalog = ObjectConfigs.from_settings(Settings())
     return {obj.key: obj.cluster for obj in catalog.load().objects}
 
 

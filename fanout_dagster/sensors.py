@@ -40,10 +40,10 @@ from dagster._core.storage.tags import (
 
 from fanout_dagster.objects import ObjectConfig
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters
-from fanout_dagster.resources.catalog import ObjectCatalog
+from fanout_dagster.placement import record_clusters
+from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.tags import CLUSTER_TAG, CONFIG_HASH_TAG, OBJECTS_TAG
 
-CONFIG_HASH_TAG = "fanout/config_hash"
 # Enough to keep the run queue busy between ticks (it runs a handful at a
 # time), small enough that a tick takes seconds, not minutes, at 10k objects.
 DEFAULT_MAX_RUNS_PER_TICK = 100
@@ -131,19 +131,19 @@ def build_object_sensor(
         default_status=DefaultSensorStatus.RUNNING,
         description="Adds a partition per object config and runs new or changed objects.",
     )
-    def object_configs_sensor(context: SensorEvaluationContext, catalog: ObjectCatalog):
-        return evaluate(context, catalog, objects_per_run, max_runs_per_tick)
+    def object_configs_sensor(context: SensorEvaluationContext, object_configs: ObjectConfigs):
+        return evaluate(context, object_configs, objects_per_run, max_runs_per_tick)
 
     return object_configs_sensor
 
 
 def evaluate(
     context: SensorEvaluationContext,
-    catalog: ObjectCatalog,
+    object_configs: ObjectConfigs,
     objects_per_run: int,
     max_runs_per_tick: int = DEFAULT_MAX_RUNS_PER_TICK,
 ):
-    load = catalog.load()
+    load = object_configs.load()
     for error in load.errors:
         context.log.error(f"invalid object config: {error}")
 
@@ -213,7 +213,3 @@ def _some(keys: Sequence[str], shown: int = 10) -> str:
 
 def _read_cursor(cursor: str | None) -> dict[str, tuple[str, int]]:
     return {key: (value[0], int(value[1])) for key, value in json.loads(cursor or "{}").items()}
-
-
-# The sensor with one run per changed object and per new object.
-object_configs_sensor = build_object_sensor()

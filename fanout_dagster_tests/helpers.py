@@ -1,9 +1,5 @@
-"""Helpers shared by the unit/integration tests (conftest.py holds the fixtures
-every test uses; this module holds what only some of them need).
-
-Import a fixture from here into a test module to use it, e.g.
-`from fanout_dagster_tests.helpers import instance  # noqa: F401`.
-"""
+"""Helpers shared by the tests: the repository's sample paths, a throwaway
+project, and independent ways to read sources (conftest.py holds the fixtures)."""
 
 from __future__ import annotations
 
@@ -13,17 +9,16 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
-from dagster import instance_for_test
+from dagster import ResourceDefinition
 
 from fanout_dagster.objects import ObjectConfig, load_objects
+from fanout_dagster.resources.bronze_tables import BronzeTables
+from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.spark import LocalSparkResource
 
-
-@pytest.fixture
-def instance():
-    """A real, persistent (temporary-folder) Dagster instance."""
-    with instance_for_test() as dagster_instance:
-        yield dagster_instance
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CONFIGS = REPO_ROOT / "configs"
+SAMPLE_DATA = REPO_ROOT / "data"
 
 
 def sample_object(configs_dir: Path, key: str) -> ObjectConfig:
@@ -103,3 +98,39 @@ class ListHandler(logging.Handler):
 
     def messages(self, level: int = logging.DEBUG) -> list[str]:
         return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = root
+        self.configs = root / "configs"
+        self.data = root / "data"
+        self.warehouse = root / "warehouse" / "bronze"
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(obj.key for obj in load_objects(self.configs).objects)
+
+    def object_configs(self) -> ObjectConfigs:
+        return ObjectConfigs(configs_dir=str(self.configs), data_root=str(self.data))
+
+    def bronze_tables(self) -> BronzeTables:
+        return BronzeTables(format="parquet", location=str(self.warehouse))
+
+    def resources(self, spark_resource: LocalSparkResource) -> dict:
+        """The local target's resources, pointed at this project."""
+        return {
+            "spark": spark_resource,
+            "bronze_tables": self.bronze_tables(),
+            "object_configs": self.object_configs(),
+            "pyspark_step_launcher": ResourceDefinition.none_resource(),
+        }
+
+    def env(self) -> dict[str, str]:
+        """Environment for a Dagster process (daemon, dagster dev) using this project."""
+        return {
+            "FANOUT_CONFIGS_DIR": str(self.configs),
+            "FANOUT_DATA_ROOT": str(self.data),
+            "FANOUT_BRONZE_LOCATION": str(self.warehouse),
+            "FANOUT_SPARK_WAREHOUSE": str(self.root / "spark-warehouse"),
+        }

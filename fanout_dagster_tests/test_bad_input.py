@@ -21,7 +21,7 @@ from dagster._core.storage.tags import (
 
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster_tests.helpers import instance, tree_snapshot  # noqa: F401
+from fanout_dagster_tests.helpers import tree_snapshot
 from fanout_dagster_tests.test_sensors import tick
 
 BRONZE = AssetKey("bronze")

@@ -239,7 +239,7 @@ def test_append_keeps_one_load_per_source_file(spark, project, writer):
         local_path(r._source_file): r._load_id
         for r in table.select("_source_file", "_load_id").distinct().collect()
     }
-    assert by_file == dict(zip(files, ids))
+    assert by_file == dict(zip(files, ids, strict=True))
     assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
     assert (
         result.rows == result.rows_written == table.count() == spark_source_count(spark, obj, files)

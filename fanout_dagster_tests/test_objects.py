@@ -17,7 +17,7 @@ from fanout_dagster.objects import (
     ConfigError,
     load_objects,
 )
-from fanout_dagster_tests.conftest import SAMPLE_CONFIGS
+from fanout_dagster_tests.helpers import SAMPLE_CONFIGS
 
 SAFE_KEY = re.compile(r"^[a-z0-9][a-z0-9_]*-[a-z0-9][a-z0-9_]*$")
 

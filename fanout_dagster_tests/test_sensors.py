@@ -15,10 +15,11 @@ from dagster._core.storage.tags import (
 from fanout_dagster.ingest import ingest_object
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG, record_clusters, recorded_clusters
-from fanout_dagster.sensors import build_object_sensor, object_configs_sensor
+from fanout_dagster.placement import record_clusters, recorded_clusters
+from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster.tables import ParquetTableWriter
-from fanout_dagster_tests.helpers import ListHandler, instance, replace_once, tree_snapshot  # noqa: F401
+from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster_tests.helpers import ListHandler, replace_once, tree_snapshot
 
 NEW_OBJECT = """\
 code: hr
@@ -53,11 +54,12 @@ class Tick:
         return None if self.skipped else self.result.cursor
 
 
-def tick(instance, project, cursor=None, sensor=object_configs_sensor) -> Tick:
+def tick(instance, project, cursor=None, sensor=None) -> Tick:
     """One sensor evaluation against the instance, as the sensor daemon runs it."""
+    sensor = sensor or build_object_sensor()
     before = partitions(instance)
     context = build_sensor_context(
-        instance=instance, cursor=cursor, resources={"catalog": project.catalog()}
+        instance=instance, cursor=cursor, resources={"object_configs": project.object_configs()}
     )
     logs = ListHandler()
     context.log.addHandler(logs)
@@ -235,7 +237,7 @@ def test_packed_sensor_requests_contiguous_single_cluster_ranges(instance, proje
 
     packs = [covered_keys(r, order) for r in first.run_requests]
     assert sorted(k for pack in packs for k in pack) == project.keys  # each object once
-    for request, pack in zip(first.run_requests, packs):
+    for request, pack in zip(first.run_requests, packs, strict=True):
         assert 1 <= len(pack) <= 4
         assert {objects[k].cluster for k in pack} == {request.tags[CLUSTER_TAG]}
         # The run coordinator and the remote step read the keys from this tag.

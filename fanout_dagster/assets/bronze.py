@@ -37,10 +37,10 @@ from fanout_dagster.ingest import LoadResult, ingest_object
 from fanout_dagster.objects import ObjectConfig
 from fanout_dagster.packing import Outcome, run_pack
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME, objects_partitions
-from fanout_dagster.placement import OBJECTS_TAG
-from fanout_dagster.resources.catalog import ObjectCatalog
+from fanout_dagster.resources.bronze_tables import BronzeTables
+from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.resources.spark import SparkResource
-from fanout_dagster.resources.warehouse import BronzeWarehouse
+from fanout_dagster.tags import OBJECTS_TAG
 
 
 def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) -> AssetsDefinition:
@@ -56,7 +56,12 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=objects_per_run),
         # pyspark_step_launcher: None locally; the Databricks step launcher on
         # the databricks target, which runs this whole body remotely.
-        required_resource_keys={"spark", "warehouse", "catalog", "pyspark_step_launcher"},
+        required_resource_keys={
+            "spark",
+            "bronze_tables",
+            "object_configs",
+            "pyspark_step_launcher",
+        },
         # Materializations are logged per object, not as one output for the pack.
         output_required=False,
         group_name="bronze",
@@ -65,10 +70,10 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
     )
     def bronze(context: AssetExecutionContext):
         spark: SparkResource = context.resources.spark
-        warehouse: BronzeWarehouse = context.resources.warehouse
-        catalog: ObjectCatalog = context.resources.catalog
+        bronze_tables: BronzeTables = context.resources.bronze_tables
+        object_configs: ObjectConfigs = context.resources.object_configs
         keys = _pack_keys(context)
-        objects, missing = catalog.lookup(keys)
+        objects, missing = object_configs.lookup(keys)
         failures: dict[str, str] = {
             key: "no valid config for this object: its config was removed, or is invalid "
             "(the object sensor's tick names the file and field)"
@@ -78,14 +83,14 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
             yield _failure_event(context, key, message)
 
         session = spark.get_session()
-        writer = warehouse.writer(session)
+        writer = bronze_tables.writer(session)
         run_id = context.run.run_id
 
         def load(obj: ObjectConfig) -> LoadResult:
             # The job description names the object in Spark's own logs and UI.
             session.sparkContext.setJobDescription(f"bronze {obj.key}")
             return ingest_object(
-                session, obj, data_root=catalog.data_root_path, writer=writer, run_id=run_id
+                session, obj, data_root=object_configs.data_root_path, writer=writer, run_id=run_id
             )
 
         context.log.info(

@@ -23,7 +23,6 @@ and Spark is the cluster's session.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -36,20 +35,20 @@ from dagster import InitResourceContext, resource
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
 from fanout_dagster.objects import DEFAULT_CLUSTER
-from fanout_dagster.placement import CLUSTER_TAG
-from fanout_dagster.resources.catalog import PROJECT_ROOT, ObjectCatalog
+from fanout_dagster.resources.bronze_tables import BronzeTables
+from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.resources.spark import ClusterSparkResource
-from fanout_dagster.resources.warehouse import BronzeWarehouse
+from fanout_dagster.settings import PROJECT_ROOT, Settings
+from fanout_dagster.tags import CLUSTER_TAG
 
-REMOTE_STEP_ENV = "FANOUT_REMOTE_STEP"
 # Settings the remote side needs to rebuild the same definitions.
-PASSED_THROUGH_ENV = (
-    "FANOUT_DATA_ROOT",
-    "FANOUT_CONFIGS_DIR",
-    "FANOUT_BRONZE_FORMAT",
-    "FANOUT_BRONZE_LOCATION",
-    "FANOUT_OBJECTS_PER_RUN",
-    "FANOUT_THREADS_PER_RUN",
+PASSED_THROUGH_SETTINGS = (
+    "data_root",
+    "configs_dir",
+    "bronze_format",
+    "bronze_location",
+    "objects_per_run",
+    "threads_per_run",
 )
 
 
@@ -119,7 +118,8 @@ def databricks_auth() -> tuple[str, str | None]:
     """Host and token from databricks-sdk's default sources (env vars or a config profile)."""
     from databricks.sdk.core import Config
 
-    config = Config(profile=os.environ.get("DATABRICKS_CONFIG_PROFILE"))
+    # Config() reads DATABRICKS_HOST / DATABRICKS_TOKEN / DATABRICKS_CONFIG_PROFILE itself.
+    config = Config()
     if not config.host:
         raise ClusterConfigError(
             "no Databricks workspace configured: set DATABRICKS_HOST and DATABRICKS_TOKEN, or "
@@ -128,18 +128,17 @@ def databricks_auth() -> tuple[str, str | None]:
     return config.host, config.token
 
 
-def remote_env() -> dict[str, str]:
-    env = {REMOTE_STEP_ENV: "1", "FANOUT_TARGET": "databricks"}
-    env.update({name: os.environ[name] for name in PASSED_THROUGH_ENV if os.environ.get(name)})
+def remote_env(settings: Settings) -> dict[str, str]:
+    env = {Settings.env_name("remote_step"): "1", Settings.env_name("target"): "databricks"}
+    for name in PASSED_THROUGH_SETTINGS:
+        env[Settings.env_name(name)] = str(getattr(settings, name))
     return env
 
 
 def build_step_launcher(
-    *, run_tags: Mapping[str, str], catalog: ObjectCatalog
+    *, run_tags: Mapping[str, str], settings: Settings, object_configs: ObjectConfigs
 ) -> IdempotentStepLauncher:
-    clusters = load_cluster_definitions(
-        os.environ.get("FANOUT_CLUSTERS_FILE", str(PROJECT_ROOT / "clusters.yaml"))
-    )
+    clusters = load_cluster_definitions(settings.clusters_path)
     name = run_tags.get(CLUSTER_TAG, DEFAULT_CLUSTER)
     if name not in clusters:
         raise ClusterConfigError(
@@ -147,10 +146,7 @@ def build_step_launcher(
             f"(defined: {', '.join(sorted(clusters))})"
         )
     host, token = databricks_auth()
-    libraries = [
-        {"pypi": {"package": spec}}
-        for spec in os.environ.get("FANOUT_CLUSTER_LIBRARIES", "").split()
-    ]
+    libraries = [{"pypi": {"package": spec}} for spec in settings.cluster_libraries.split()]
     return IdempotentStepLauncher(
         run_config={
             "run_name": f"fanout_dagster bronze ({name})",
@@ -158,42 +154,47 @@ def build_step_launcher(
             "libraries": libraries,
             # The cluster must already have dagster, dagster-databricks and
             # pyspark at the versions in pyproject.toml (README, "Run on Databricks").
-            "install_default_libraries": os.environ.get("FANOUT_INSTALL_DEFAULT_LIBRARIES") == "1",
+            "install_default_libraries": settings.install_default_libraries,
         },
         permissions={},
         databricks_host=host,
         databricks_token=token,
         secrets_to_env_variables=[],
-        env_variables=remote_env(),
-        staging_prefix=os.environ.get("FANOUT_DBFS_STAGING", "/dagster_staging"),
+        env_variables=remote_env(settings),
+        staging_prefix=settings.dbfs_staging,
         wait_for_logs=False,
-        max_completion_wait_time_seconds=int(os.environ.get("FANOUT_DATABRICKS_TIMEOUT_S", "3600")),
-        poll_interval_sec=float(os.environ.get("FANOUT_DATABRICKS_POLL_S", "5")),
-        local_dagster_job_package_path=code_bundle(catalog.configs_path),
+        max_completion_wait_time_seconds=settings.databricks_timeout_s,
+        # Typed int by the launcher, but it only sleeps for it: fractions work.
+        poll_interval_sec=settings.databricks_poll_s,  # type: ignore[arg-type]
+        local_dagster_job_package_path=code_bundle(object_configs.configs_path),
         verbose_logs=False,
         add_dagster_env_variables=False,
     )
 
 
-def databricks_target_resources(catalog: ObjectCatalog) -> dict:
-    if not os.environ.get("FANOUT_DATA_ROOT"):
+def databricks_target_resources(settings: Settings) -> dict[str, Any]:
+    if "data_root" not in settings.model_fields_set:
         raise ClusterConfigError(
             "FANOUT_TARGET=databricks needs FANOUT_DATA_ROOT: where the cluster reads sources "
             "(e.g. /Volumes/main/raw/landing or dbfs:/mnt/landing)"
         )
 
+    object_configs = ObjectConfigs.from_settings(settings)
+
     @resource(description="Runs the bronze step on the run's Databricks cluster.")
-    def pyspark_step_launcher(context: InitResourceContext):
-        if os.environ.get(REMOTE_STEP_ENV) == "1":
+    def pyspark_step_launcher(context: InitResourceContext) -> IdempotentStepLauncher | None:
+        if settings.remote_step:
             return None  # already on the cluster: run the step here
-        return build_step_launcher(run_tags=context.dagster_run.tags, catalog=catalog)
+        assert context.dagster_run is not None
+        return build_step_launcher(
+            run_tags=context.dagster_run.tags, settings=settings, object_configs=object_configs
+        )
 
     return {
         "spark": ClusterSparkResource(),
-        "warehouse": BronzeWarehouse(
-            format=os.environ.get("FANOUT_BRONZE_FORMAT", "delta"),
-            location=os.environ.get("FANOUT_BRONZE_LOCATION", "bronze"),
+        "bronze_tables": BronzeTables(
+            format=settings.bronze_format, location=settings.bronze_location
         ),
-        "catalog": catalog,
+        "object_configs": object_configs,
         "pyspark_step_launcher": pyspark_step_launcher,
     }

@@ -23,8 +23,9 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 from fanout_dagster.ingest import resolve_source_files
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, record_clusters
-from fanout_dagster_tests.dagster_processes import (
+from fanout_dagster.placement import record_clusters
+from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster_tests.e2e.dagster_processes import (
     assert_packed,
     backfill_runs,
     configured_limits,
@@ -36,7 +37,7 @@ from fanout_dagster_tests.dagster_processes import (
     wait_for,
     write_dagster_home,
 )
-from fanout_dagster_tests.webserver import (
+from fanout_dagster_tests.e2e.webserver import (
     asset_partitions,
     asset_status_counts,
     backfill_status,

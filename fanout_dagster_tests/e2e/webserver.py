@@ -20,8 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fanout_dagster_tests.conftest import REPO_ROOT
-from fanout_dagster_tests.dagster_processes import VENV_BIN, start_in_own_group, stop_process_group
+from fanout_dagster_tests.e2e.dagster_processes import (
+    VENV_BIN,
+    start_in_own_group,
+    stop_process_group,
+)
+from fanout_dagster_tests.helpers import REPO_ROOT
 
 LOCATION_NAME = "fanout_dagster"
 # Definitions(...) objects are served as a repository with this name.

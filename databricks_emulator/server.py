@@ -17,6 +17,7 @@ endpoints are accepted too.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -205,10 +206,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         except _DropResponse:
             # The run exists; the client just never hears about it.
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         except ApiError as err:
             self._send_json(err.status, err.body(), err.headers)
         except Exception:  # noqa: BLE001 - answer like the service would, keep serving

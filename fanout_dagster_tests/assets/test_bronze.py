@@ -26,14 +26,19 @@ from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.ingest import AUDIT_COLUMNS
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, CLUSTERS_TAG, OBJECTS_TAG, record_clusters
+from fanout_dagster.placement import record_clusters
 from fanout_dagster.run_coordinator import (
     BRONZE_KEY,
     ClusterTaggingRunCoordinator,
     run_partition_keys,
 )
-from fanout_dagster_tests.conftest import REPO_ROOT, SAMPLE_DATA
-from fanout_dagster_tests.helpers import expected_source_files, instance, spark_source_count  # noqa: F401
+from fanout_dagster.tags import CLUSTER_TAG, CLUSTERS_TAG, OBJECTS_TAG
+from fanout_dagster_tests.helpers import (
+    REPO_ROOT,
+    SAMPLE_DATA,
+    expected_source_files,
+    spark_source_count,
+)
 
 BRONZE = AssetKey("bronze")
 

@@ -1,37 +1,23 @@
-"""Where objects are declared (configs folder) and where their sources live (data root)."""
+"""The object configs resource: where objects are declared (the configs folder)
+and where their sources live (the data root)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from dagster import ConfigurableResource
 
 from fanout_dagster.objects import CatalogLoad, ObjectConfig, load_objects
-
-# configs/ and data/ sit next to the package. Relative paths resolve from here,
-# also on a Databricks cluster, where the step launcher unzips the code bundle
-# (package + configs) into a temporary folder.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from fanout_dagster.settings import Settings, project_path
 
 
-def project_path(path: str) -> str:
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str(PROJECT_ROOT / path)
-
-
-class ObjectCatalog(ConfigurableResource):
+class ObjectConfigs(ConfigurableResource):
     configs_dir: str = "configs"
     data_root: str = "data"
 
     @classmethod
-    def from_env(cls) -> "ObjectCatalog":
-        return cls(
-            configs_dir=os.environ.get("FANOUT_CONFIGS_DIR", "configs"),
-            data_root=os.environ.get("FANOUT_DATA_ROOT", "data"),
-        )
+    def from_settings(cls, settings: Settings) -> ObjectConfigs:
+        return cls(configs_dir=settings.configs_dir, data_root=settings.data_root)
 
     @property
     def configs_path(self) -> str:

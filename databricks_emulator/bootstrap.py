@@ -1,4 +1,4 @@
-"""Task-side entry point: ``python -m fanout_dagster.devtools.databricks_emulator.bootstrap SPEC``.
+"""Task-side entry point: ``python -m databricks_emulator.bootstrap SPEC``.
 
 Plays the part of the Databricks driver for a ``spark_python_task``: sets up the globals a
 script finds on a cluster (``spark``, ``sc``, ``dbutils``), then runs ``python_file`` as

@@ -4,14 +4,14 @@ Speaks the real Databricks REST API (jobs runs, DBFS, clusters, secrets) on 127.
 bearer token, and really executes ``spark_python_task`` runs as local PySpark processes, so the
 unmodified ``dagster_databricks`` step launcher and ``databricks-sdk`` work against it.
 
-    from fanout_dagster.devtools.databricks_emulator import run_emulator
+    from databricks_emulator import run_emulator
 
     with run_emulator(root=tmp_path, cluster_start_seconds=0.0) as emu:
         client = WorkspaceClient(host=emu.host, token=emu.token)
         ...
         emu.stats(); emu.inject_faults(http_429=2); emu.set_secret("scope", "key", "value")
 
-CLI: ``python -m fanout_dagster.devtools.databricks_emulator --help``.
+CLI: ``python -m databricks_emulator --help``.
 """
 
 from .emulator import (

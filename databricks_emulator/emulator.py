@@ -1,7 +1,7 @@
 """The emulator object: wires DBFS, clusters, runs, secrets, faults and stats to an HTTP server.
 
 Use :func:`run_emulator` in tests (server in a background thread of the current process) or
-``python -m fanout_dagster.devtools.databricks_emulator`` for a foreground server.
+``python -m databricks_emulator`` for a foreground server.
 
 Layout of ``root``: ``dbfs/`` (what DBFS paths map to), ``runs/<run_id>/<task_key>/`` (logs,
 Spark conf, working dir of each task), ``uploads/`` (in-flight DBFS streams).

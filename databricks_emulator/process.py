@@ -12,6 +12,7 @@ it. Signals sent from other threads (cancel) take the same lock and are skipped 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,10 +40,8 @@ class TaskProcess:
 
     def _signal_group(self, sig: int) -> None:
         # Caller holds the lock and has checked that the leader is not reaped yet.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def signal(self, sig: int) -> None:
         with self._lock:
@@ -62,10 +61,9 @@ class TaskProcess:
     def wait(self) -> int:
         """Block until the task ends; returns its exit code (negative: killed by a signal)."""
         # Leaves the leader as a zombie so its pid/pgid cannot be reused yet (PEP 475 retries EINTR).
-        try:
+        # ChildProcessError: someone else reaped it (a stray waitpid(-1)); Popen.wait copes below.
+        with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass  # someone else reaped it (a stray waitpid(-1)); Popen.wait copes below
         with self._lock:
             # Anything still in the group now is an orphan (e.g. a JVM whose python died): kill it.
             self._signal_group(signal.SIGKILL)

@@ -8,7 +8,7 @@ from dagster import AssetKey, DagsterInstance
 from pyspark.sql import SparkSession
 
 from fanout_dagster.objects import load_objects
-from fanout_dagster_tests.dagster_processes import (
+from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     configured_limits,
     dagster_daemon,

@@ -8,6 +8,7 @@ the stage and to observe what the daemon does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,9 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from fanout_dagster_tests.conftest import REPO_ROOT
-from fanout_dagster_tests.dagster_processes import VENV_BIN, start_in_own_group, stop_process_group
-from fanout_dagster_tests.webserver import GraphQL, free_port, wait_until_loaded
+from fanout_dagster_tests.e2e.dagster_processes import (
+    VENV_BIN,
+    start_in_own_group,
+    stop_process_group,
+)
+from fanout_dagster_tests.e2e.webserver import GraphQL, free_port, wait_until_loaded
+from fanout_dagster_tests.helpers import REPO_ROOT
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ui"
 
@@ -148,10 +153,8 @@ class DagsterDev:
         # session) still carries this test's unique DAGSTER_HOME.
         stragglers = processes_with_env("DAGSTER_HOME", str(self.home))
         for pid in stragglers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return stragglers
 
 

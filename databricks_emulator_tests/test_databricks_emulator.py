@@ -31,7 +31,7 @@ from databricks.sdk.errors import DatabricksError, ResourceDoesNotExist
 from databricks.sdk.service import jobs
 from databricks.sdk.service.files import DbfsAPI
 
-from fanout_dagster.devtools.databricks_emulator import DatabricksEmulator, run_emulator
+from databricks_emulator import DatabricksEmulator, run_emulator
 
 TERMINAL = {"TERMINATED", "SKIPPED", "INTERNAL_ERROR"}
 
@@ -584,13 +584,13 @@ def test_cli_prints_what_to_export(tmp_path: Path) -> None:
     config.write_text(
         json.dumps({"clusters": {"dev-cluster": {"spark_env_vars": {"A": "1"}, "running": True}}})
     )
-    cli = [sys.executable, "-m", "fanout_dagster.devtools.databricks_emulator", "--port", "0"]
+    cli = [sys.executable, "-m", "databricks_emulator", "--port", "0"]
     proc = subprocess.Popen(
         [*cli, "--root", str(tmp_path / "root"), "--cluster-config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[1],
     )
     try:
         exports: dict[str, str] = {}

@@ -19,7 +19,7 @@ import pytest
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster_databricks import databricks_pyspark_step_launcher
 
-from fanout_dagster.devtools.databricks_emulator import run_emulator
+from databricks_emulator import run_emulator
 
 JOB_NAME = "emulator_e2e_job"
 SECRET_SCOPE, SECRET_KEY, SECRET_VALUE = "e2e", "api_key", "s3cr3t-value"

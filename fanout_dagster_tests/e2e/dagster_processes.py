@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,8 +20,8 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG
-from fanout_dagster_tests.conftest import REPO_ROOT
+from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster_tests.helpers import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -99,10 +99,8 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
         except ProcessLookupError:
             break
         if time.monotonic() > deadline:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             break
         time.sleep(0.2)
     process.wait(timeout=10)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from fanout_dagster.devtools.databricks_emulator import run_emulator
+from databricks_emulator import run_emulator
 from fanout_dagster.objects import load_objects
-from fanout_dagster.placement import CLUSTER_TAG
-from fanout_dagster_tests.dagster_processes import (
+from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     dagster_daemon,
     describe_runs,
@@ -79,9 +79,11 @@ def databricks_deployment(
             "DATABRICKS_HOST": emu.host,
             "DATABRICKS_TOKEN": emu.token,
         }
-        with DagsterInstance.from_config(str(home)) as instance:
-            with dagster_daemon(home, env, tmp_path / "daemon.log"):
-                yield instance, emu, home
+        with (
+            DagsterInstance.from_config(str(home)) as instance,
+            dagster_daemon(home, env, tmp_path / "daemon.log"),
+        ):
+            yield instance, emu, home
 
 
 def run_logs(instance, run_id: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""``python -m fanout_dagster.devtools.databricks_emulator``: run the emulator in the foreground.
+"""``python -m databricks_emulator``: run the emulator in the foreground.
 
 Prints the ``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` to export (the only place the token is
 ever shown), then serves until Ctrl-C / SIGTERM, which also kills any running task.
@@ -19,7 +19,7 @@ from .emulator import DatabricksEmulator, EmulatorConfig, generate_token, load_c
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fanout_dagster.devtools.databricks_emulator",
+        prog="python -m databricks_emulator",
         description="Local Databricks workspace emulator (jobs runs, DBFS, clusters, secrets) on 127.0.0.1.",
     )
     parser.add_argument(

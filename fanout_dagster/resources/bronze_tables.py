@@ -7,11 +7,11 @@ from typing import Literal
 from dagster import ConfigurableResource
 from pyspark.sql import SparkSession
 
-from fanout_dagster.resources.catalog import project_path
+from fanout_dagster.settings import project_path
 from fanout_dagster.tables import DeltaTableWriter, ParquetTableWriter, TableWriter
 
 
-class BronzeWarehouse(ConfigurableResource):
+class BronzeTables(ConfigurableResource):
     # parquet: folder-per-table under `location` (needs no extra jars).
     # delta:   tables in the metastore schema named by `location`.
     format: Literal["parquet", "delta"] = "parquet"

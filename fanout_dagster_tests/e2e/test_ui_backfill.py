@@ -31,10 +31,9 @@ from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import CLUSTER_TAG, OBJECTS_TAG
-from fanout_dagster.sensors import object_configs_sensor
-from fanout_dagster_tests.conftest import REPO_ROOT
-from fanout_dagster_tests.dagster_processes import (
+from fanout_dagster.sensors import build_object_sensor
+from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster_tests.e2e.dagster_processes import (
     assert_packed,
     backfill_runs,
     configured_limits,
@@ -44,7 +43,7 @@ from fanout_dagster_tests.dagster_processes import (
     wait_for,
     write_dagster_home,
 )
-from fanout_dagster_tests.ui_helpers import (
+from fanout_dagster_tests.e2e.ui_helpers import (
     ARTIFACTS,
     DagsterDev,
     QueueObservation,
@@ -54,6 +53,7 @@ from fanout_dagster_tests.ui_helpers import (
     run_cli,
     screenshot,
 )
+from fanout_dagster_tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -139,8 +139,10 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
     # run ("no valid config"), and a sensor stopped and later restarted without
     # a cursor re-runs all 15 objects.
     with DagsterInstance.from_config(str(home)) as instance:
-        first_tick = object_configs_sensor(
-            build_sensor_context(instance=instance, resources={"catalog": project.catalog()})
+        first_tick = build_object_sensor()(
+            build_sensor_context(
+                instance=instance, resources={"object_configs": project.object_configs()}
+            )
         )
         assert len(first_tick.run_requests) == len(sample_keys)
         partition_keys = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))

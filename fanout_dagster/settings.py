@@ -1,0 +1,154 @@
+"""Every setting fanout_dagster reads from the environment, declared once.
+
+Each field is an environment variable `FANOUT_<FIELD NAME>` (upper case), typed,
+with its default and one line of description. Nothing else in the package reads
+`os.environ` for a setting: definitions.py reads `Settings()` and hands the
+values to the resources it builds; the run coordinator (in the daemon) and the
+remote side of a Databricks step read it the same way.
+
+docs/settings.md is generated from this module (`python -m fanout_dagster.settings
+> docs/settings.md`), and a test keeps the two in step, so a setting cannot go
+undocumented. Databricks credentials are not settings of this project: they are
+read by databricks-sdk from its usual sources (DATABRICKS_HOST / DATABRICKS_TOKEN,
+or DATABRICKS_CONFIG_PROFILE), so that they stay out of every file and event.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FANOUT_"
+
+# configs/, data/ and clusters.yaml sit next to the package. Relative paths
+# resolve from here, also on a Databricks cluster, where the code bundle
+# (package + configs) is unpacked into a folder of its own.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_path(path: str) -> str:
+    """`path` as an absolute path: relative paths resolve from the project root."""
+    if "://" in path or path.startswith("dbfs:") or Path(path).is_absolute():
+        return path
+    return str(PROJECT_ROOT / path)
+
+
+class Settings(BaseSettings):
+    """fanout_dagster's settings. Field order is the order of the docs table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # --- deployment
+    target: Literal["local", "databricks"] = Field(
+        "local", description="Where bronze steps run: `local` Spark, or `databricks`."
+    )
+    configs_dir: str = Field("configs", description="Folder of object configs (the fan-out list).")
+    data_root: str = Field(
+        "data",
+        description="Root that source paths are relative to (databricks: required, "
+        "e.g. `/Volumes/main/raw/landing`).",
+    )
+
+    # --- packing and the sensor
+    objects_per_run: int = Field(
+        1, ge=1, description="Objects per run in backfills and sensor packs (1: a run per object)."
+    )
+    threads_per_run: int = Field(4, ge=1, description="Objects of a pack that load at once.")
+    max_runs_per_tick: int = Field(
+        100, ge=1, description="Runs one sensor tick creates at most; the rest follow next tick."
+    )
+
+    # --- local Spark
+    spark_master: str = Field("local[2]", description="Master of the embedded local Spark.")
+    spark_warehouse: str = Field(
+        "warehouse", description="Local Spark's warehouse folder (`spark.sql.warehouse.dir`)."
+    )
+    bronze_location: str = Field(
+        "warehouse/bronze",
+        description="Local: the bronze Parquet folder; databricks: the Delta schema of bronze "
+        "tables (e.g. `main.bronze`).",
+    )
+    bronze_format: Literal["parquet", "delta"] = Field(
+        "parquet", description="Bronze table format (databricks: set `delta`)."
+    )
+
+    # --- Databricks
+    clusters_file: str = Field(
+        "clusters.yaml", description="Named Databricks clusters an object's `cluster` picks from."
+    )
+    dbfs_staging: str = Field(
+        "/dagster_staging",
+        description="DBFS prefix for the step launcher's code bundle, pickled step and events.",
+    )
+    cluster_libraries: str = Field(
+        "", description="PyPI requirements to attach to each Databricks run, space-separated."
+    )
+    install_default_libraries: bool = Field(
+        False,
+        description="Let the step launcher attach dagster, dagster-databricks, dagster-pyspark "
+        "and databricks-sdk at this environment's versions.",
+    )
+    databricks_poll_s: float = Field(
+        5.0, gt=0, description="Seconds between polls of a running Databricks run."
+    )
+    databricks_timeout_s: int = Field(
+        3600, ge=1, description="Seconds after which a Databricks run is given up on."
+    )
+    remote_step: bool = Field(
+        False,
+        description="Internal: set on the Databricks side of a step, where the step already "
+        "runs remotely.",
+    )
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @property
+    def configs_path(self) -> str:
+        return project_path(self.configs_dir)
+
+    @property
+    def data_root_path(self) -> str:
+        return project_path(self.data_root)
+
+    @property
+    def clusters_path(self) -> str:
+        return project_path(self.clusters_file)
+
+
+def settings_table() -> str:
+    """The docs table of every setting, generated from `Settings`."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `fanout_dagster/settings.py` by "
+        "`python -m fanout_dagster.settings > docs/settings.md`; a test keeps it current.",
+        "Relative paths resolve from the project root.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        lines.append(
+            f"| `{Settings.env_name(name)}` | {shown if default != '' else '(none)'} "
+            f"| {field.description} |"
+        )
+    lines += [
+        "",
+        "Databricks credentials are read by databricks-sdk, not by this project: "
+        "`DATABRICKS_HOST` and `DATABRICKS_TOKEN`, or `DATABRICKS_CONFIG_PROFILE` naming a "
+        "`~/.databrickscfg` profile.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table())

@@ -1,0 +1,467 @@
+"""Faults, each with its proof: real Spark, real Dagster processes, the real
+step launcher against the Databricks emulator. Nothing is mocked.
+
+1. The Dagster daemon is SIGKILLed in the middle of a UI backfill and restarted.
+2. The Databricks API answers 429 and 503 for a while.
+3. A remote run dies at the cluster level (its driver process group is killed).
+4. A Dagster run is terminated while its Databricks run is RUNNING.
+(An object's Spark write failing half way is in ../test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterRunStatus
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+from fanout_dagster.objects import load_objects
+from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.tags import OBJECTS_TAG
+from fanout_dagster_tests.e2e.dagster_processes import all_runs_finished, describe_runs, wait_for
+from fanout_dagster_tests.e2e.test_databricks import databricks_deployment, keep_objects
+from fanout_dagster_tests.helpers import (
+    expected_source_files,
+    load_dirs,
+    spark_source_count,
+)
+
+BRONZE = AssetKey("bronze")
+
+
+# --------------------------------------------------------------------------- 1. daemon killed mid-backfill
+
+BACKFILL_OBJECTS = ["erp-payments", "erp-stores", "erp-suppliers"]  # payments: an append table
+
+
+def step_failure_messages(instance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records
+    return [r.event_log_entry.dagster_event.step_failure_data.error.message for r in records]
+
+
+def run_statuses(instance) -> list[str]:
+    return sorted(run.status.value for run in instance.get_runs())
+
+
+def materializations_per_partition(instance) -> dict[str, list[str]]:
+    records = instance.fetch_materializations(BRONZE, limit=1000).records
+    runs: dict[str, list[str]] = {}
+    for record in records:
+        runs.setdefault(record.partition_key, []).append(record.run_id)
+    return runs
+
+
+def run_failure(instance, run_id: str) -> str:
+    events = instance.all_logs(
+        run_id,
+        of_type={
+            DagsterEventType.RUN_FAILURE,
+            DagsterEventType.STEP_FAILURE,
+            DagsterEventType.ENGINE_EVENT,
+        },
+    )
+    return "\n".join(f"  {e.dagster_event.event_type_value}: {e.user_message}" for e in events)
+
+
+def kill_leftover_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group this test started (orphans of a killed daemon)."""
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+HOST_LOSS_REASON = (
+    "DEPLOYMENT GAP: when the daemon's whole process group dies (host/container loss: the daemon, "
+    "its code server and the run worker it launched, with its Spark JVM), the run that was in flight "
+    "stays STARTED forever. The repo's dagster.yaml enables no run_monitoring, and even with it the "
+    "DefaultRunLauncher cannot check a run worker's health (supports_check_run_worker_health is "
+    "False), so only max_runtime_seconds would ever fail it; no run_retries either. The dead run keeps "
+    "its queue slot (max_concurrent_runs / cluster limit), so the queued runs of the backfill never "
+    "start and the backfill never completes, until someone marks the run failed/canceled by hand."
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill_scope",
+    [
+        "daemon_process",
+        pytest.param(
+            "process_group", marks=pytest.mark.xfail(strict=True, reason=HOST_LOSS_REASON)
+        ),
+    ],
+)
+def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
+    project, tmp_path, spark, kill_scope
+):
+    """A UI backfill of 3 objects, one run each, one run at a time. Once the
+    first run has succeeded, the second is STARTED and the third QUEUED, the
+    daemon is SIGKILLed and a new daemon is started; the backfill must complete
+    with every object loaded exactly once and no run left STARTED.
+
+    kill_scope:
+    - daemon_process: the daemon process alone (a daemon crash: OOM kill,
+      kill -9). Its code server and the in-flight run worker are separate
+      processes (same process group, not killed) and keep going.
+    - process_group: the daemon's whole process group (a host or container
+      loss): daemon, code server, the in-flight run worker and its Spark JVM.
+    """
+    from dagster import DagsterInstance
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    from fanout_dagster.placement import record_clusters
+    from fanout_dagster_tests.e2e.dagster_processes import dagster_daemon, write_dagster_home
+    from fanout_dagster_tests.e2e.test_packed_backfill import wait_backfill
+    from fanout_dagster_tests.e2e.webserver import (
+        backfill_status,
+        dagster_webserver,
+        launch_asset_backfill,
+        stop_sensor,
+        wait_until_loaded,
+    )
+
+    keep_objects(project, BACKFILL_OBJECTS)
+    objects = load_objects(project.configs).by_key()
+    keys = sorted(objects)
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=1, cluster_limits={"default": 1, "heavy": 1}
+    )
+    env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "1", "FANOUT_THREADS_PER_RUN": "1"}
+    daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
+
+    def logs() -> str:
+        return "\n--- daemon.log (tail)\n" + daemon_log.read_text(errors="replace")[-5000:]
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        # The UI: switch the sensor off (the backfill is the only launcher),
+        # register the objects as the sensor would, backfill every partition.
+        with dagster_webserver(home, env, web_log) as (web, gql):
+            wait_until_loaded(gql, web, timeout=180, log_path=web_log)
+            assert stop_sensor(gql, "object_configs_sensor") == "STOPPED"
+            instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, keys)
+            record_clusters(instance, {key: obj.cluster for key, obj in objects.items()})
+            backfill_id = launch_asset_backfill(gql, ["bronze"], all_partitions=True)
+            assert backfill_status(gql, backfill_id)["numPartitions"] == len(keys)
+
+        killed_pgid = None
+        try:
+            with dagster_daemon(home, env, daemon_log) as first_daemon:
+                killed_pgid = first_daemon.pid
+
+                def one_done_one_running_one_queued() -> bool:
+                    statuses = run_statuses(instance)
+                    return statuses == ["QUEUED", "STARTED", "SUCCESS"]
+
+                wait_for(
+                    one_done_one_running_one_queued,
+                    300,
+                    "a finished, a started and a queued run",
+                    interval=0.2,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
+                at_kill = {run.run_id: run.status for run in instance.get_runs()}
+                [in_flight] = [
+                    run_id for run_id, st in at_kill.items() if st == DagsterRunStatus.STARTED
+                ]
+                processes = group_members(killed_pgid)
+                if kill_scope == "daemon_process":
+                    os.kill(first_daemon.pid, signal.SIGKILL)
+                else:
+                    os.killpg(killed_pgid, signal.SIGKILL)
+                first_daemon.wait()
+            survivors = group_members(killed_pgid)
+            assert instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED
+
+            with dagster_daemon(home, env, daemon_log):
+                # A run whose worker died must not stay STARTED: within a minute of
+                # the restart it has finished (its orphaned worker completed it) or
+                # been marked failed and retried.
+                wait_for(
+                    lambda: instance.get_run_by_id(in_flight).status != DagsterRunStatus.STARTED,
+                    60,
+                    "the run in flight at the kill to leave STARTED",
+                    interval=0.5,
+                    on_timeout=lambda: (
+                        f"survivors of the kill: {survivors}\n" + describe_runs(instance)
+                    ),
+                )
+                status = wait_backfill(
+                    instance,
+                    backfill_id,
+                    timeout=300,
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
+        finally:
+            if killed_pgid is not None:
+                kill_leftover_group(killed_pgid)
+
+        detail = (
+            f"at kill: {at_kill}\nprocesses: {processes}\nsurvivors: {survivors}\n"
+            + describe_runs(instance)
+            + "".join(
+                f"\n{run.run_id[:8]}: {run_failure(instance, run.run_id)}"
+                for run in instance.get_runs()
+                if run.status != DagsterRunStatus.SUCCESS
+            )
+        )
+        assert status == BulkActionStatus.COMPLETED_SUCCESS, detail + logs()
+        runs = instance.get_runs()
+        # One run per object, none left STARTED, none launched twice.
+        assert len(runs) == len(keys), detail
+        assert all(run.status == DagsterRunStatus.SUCCESS for run in runs), detail
+        assert sorted(run.tags[OBJECTS_TAG] for run in runs) == keys, detail
+        # Each partition materialized exactly once, by its run.
+        per_partition = materializations_per_partition(instance)
+        assert sorted(per_partition) == keys and all(len(v) == 1 for v in per_partition.values()), (
+            per_partition
+        )
+
+    # The data: each table holds its source once, written by that one run.
+    for key, obj in objects.items():
+        table_dir = project.warehouse / obj.target.table
+        table_df = spark.read.parquet(str(table_dir))
+        assert table_df.count() == spark_source_count(
+            spark, obj, expected_source_files(project.data, obj)
+        ), key
+        if obj.target.mode == "overwrite":
+            assert len(load_dirs(table_dir)) == 1, (key, load_dirs(table_dir))
+            assert table_df.select("_load_id").distinct().count() == 1, key
+        writers = {
+            r._dagster_run_id for r in table_df.select("_dagster_run_id").distinct().collect()
+        }
+        assert writers == set(per_partition[key]), (key, writers)
+    print(
+        f"\n{kill_scope}: killed with runs {sorted(s.value for s in at_kill.values())}; "
+        f"processes {processes}; survivors {survivors}"
+    )
+
+
+# --------------------------------------------------------------------------- Databricks target helpers
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """pid -> command name of every live process in a process group (from /proc)."""
+    members = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members[int(entry.name)] = comm
+    return members
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def only_emulator_run(emu) -> tuple[int, str]:
+    """(run id, task key) of the one run the emulator has."""
+    [run] = emu.runs.list({})["runs"]
+    page = emu.run_page(run["run_id"])
+    [task_key] = page["task_logs"]
+    return run["run_id"], task_key
+
+
+def wait_for_remote_spark(emu, instance, timeout: float) -> tuple[int, int, dict[int, str]]:
+    """Until the one Databricks run is RUNNING with a Spark JVM in its task's process group.
+
+    Returns (databricks run id, task pid = process group id, group members).
+    """
+    found: dict = {}
+
+    def ready() -> bool:
+        runs = emu.runs.list({})["runs"] if emu.stats()["runs_submitted"] else []
+        if not runs:
+            return False
+        run_id, task_key = only_emulator_run(emu)
+        page = emu.run_page(run_id)
+        state = page["state"]["life_cycle_state"]
+        assert state in ("PENDING", "RUNNING"), (
+            f"the Databricks run ended before the fault: {page['state']}"
+        )
+        pid = page["task_logs"][task_key]["pid"]
+        if state != "RUNNING" or not pid:
+            return False
+        members = group_members(pid)
+        if "java" not in members.values():
+            return False
+        found.update(run_id=run_id, pid=pid, members=members)
+        return True
+
+    wait_for(
+        ready,
+        timeout,
+        "the Databricks run to be RUNNING with its Spark JVM",
+        interval=0.1,
+        on_timeout=lambda: describe_runs(instance) + "\n" + str(emu.stats()),
+    )
+    return found["run_id"], found["pid"], found["members"]
+
+
+def the_dagster_run(instance, timeout: float):
+    wait_for(lambda: len(instance.get_runs()) == 1, timeout, "the sensor's run")
+    return instance.get_runs()[0]
+
+
+# --------------------------------------------------------------------------- 3. 429 / 503
+
+
+@pytest.mark.slow
+def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
+    project, tmp_path, spark
+):
+    """3 x 429 on runs/get while the run is going, 3 x 503 on DBFS while the
+    step stages its files: the SDK's retries absorb them, the run succeeds,
+    one Databricks run does the work once."""
+    key, table = "erp-stores", "erp_stores"
+    keep_objects(project, [key])
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+    ) as (instance, emu, _home):
+        # Before the step: its DBFS uploads (code bundle, step run ref) get 503s.
+        emu.inject_faults(http_503=3, path_prefix="/api/2.0/dbfs/")
+        # Once the run is submitted: the launcher's polls get 429s.
+        wait_for(
+            lambda: emu.stats()["runs_submitted"] >= 1,
+            300,
+            "the Databricks submit",
+            on_timeout=lambda: describe_runs(instance),
+        )
+        emu.inject_faults(http_429=3, path_prefix="/api/2.2/jobs/runs/get")
+        wait_for(
+            lambda: all_runs_finished(instance, 1),
+            300,
+            "the run",
+            on_timeout=lambda: describe_runs(instance) + str(emu.stats()),
+        )
+        stats = emu.stats()
+        pending = emu.faults.pending()
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + "\n".join(
+            step_failure_messages(instance, run.run_id)
+        )
+        # The faults were really served, all of them, to the calls they targeted.
+        assert stats["faults_injected"] == {"http_429": 3, "http_503": 3}, stats
+        assert pending == {"drop_submit_responses": 0, "http_429": 0, "http_503": 0}
+        assert stats["api_calls"]["jobs/runs/get"] > 3
+        # One Databricks run, started once, succeeded.
+        assert stats["runs_submitted"] == stats["runs_started"] == 1
+        assert stats["runs_by_result_state"] == {"SUCCESS": 1}
+        assert instance.get_materialized_partitions(BRONZE) == {key}
+
+    obj = load_objects(project.configs).by_key()[key]
+    table_df = spark.read.parquet(str(project.warehouse / table))
+    assert table_df.count() == spark_source_count(
+        spark, obj, expected_source_files(project.data, obj)
+    )
+    assert table_df.select("_load_id").distinct().count() == 1
+
+
+# --------------------------------------------------------------------------- 4. cluster-level failure
+
+
+@pytest.mark.slow
+def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databricks_message(
+    project, tmp_path
+):
+    """The driver of the Databricks run (the emulator's task: its python and
+    Spark JVM) is SIGKILLed while the step is loading: no Python exception of
+    ours is involved. The Databricks run ends FAILED with a state message, and
+    that message reaches the Dagster step's failure."""
+    key = "erp-order_lines"
+    keep_objects(project, [key])
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+    ) as (instance, emu, _home):
+        databricks_run_id, pgid, members = wait_for_remote_spark(emu, instance, timeout=300)
+        os.killpg(pgid, signal.SIGKILL)
+
+        body = emu.wait_for_run(databricks_run_id, timeout=60)
+        state = body["state"]
+        assert (state["life_cycle_state"], state.get("result_state")) in (
+            ("TERMINATED", "FAILED"),
+            ("INTERNAL_ERROR", None),
+            ("INTERNAL_ERROR", "FAILED"),
+        ), state
+        assert state["state_message"], state
+        assert emu.stats()["runs_by_result_state"] == {
+            state.get("result_state") or "INTERNAL_ERROR": 1
+        }
+
+        run = the_dagster_run(instance, 5)
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status in FINISHED_STATUSES,
+            120,
+            "the Dagster run to finish",
+            on_timeout=lambda: describe_runs(instance),
+        )
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        [message] = step_failure_messages(instance, run.run_id)
+        assert f"Run `{databricks_run_id}` failed with result state" in message, message
+        assert state["state_message"] in message, (state["state_message"], message)
+        assert instance.get_materialized_partitions(BRONZE) == set()
+        # Nothing of the killed driver is left.
+        assert not any(alive(pid) for pid in members), group_members(pgid)
+    print(f"\nkilled driver {members}; step failure: {message.splitlines()[0][:400]}")
+
+
+# --------------------------------------------------------------------------- 5. terminate from Dagster
+
+
+@pytest.mark.slow
+def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_processes(
+    project, tmp_path
+):
+    """Terminate (the UI's button) while the Databricks run is RUNNING with a
+    Spark JVM: the Databricks run ends CANCELED and its python and JVM are gone."""
+    key = "erp-order_lines"
+    keep_objects(project, [key])
+    with databricks_deployment(
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+    ) as (instance, emu, _home):
+        databricks_run_id, pgid, members = wait_for_remote_spark(emu, instance, timeout=300)
+        assert sorted(members.values()).count("java") == 1 and pgid in members, members
+        run = the_dagster_run(instance, 5)
+        assert instance.run_launcher.terminate(run.run_id)
+
+        wait_for(
+            lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED,
+            120,
+            "the Dagster run to be canceled",
+            on_timeout=lambda: describe_runs(instance),
+        )
+        body = emu.wait_for_run(databricks_run_id, timeout=60)
+        assert (body["state"]["life_cycle_state"], body["state"]["result_state"]) == (
+            "TERMINATED",
+            "CANCELED",
+        )
+        assert emu.run_state_history(databricks_run_id)[-3:] == [
+            "RUNNING",
+            "TERMINATING",
+            "TERMINATED",
+        ]
+        assert emu.stats()["runs_by_result_state"] == {"CANCELED": 1}
+        assert emu.stats()["running_now"] == 0
+        # The driver's python and its JVM are gone, not orphaned.
+        wait_for(
+            lambda: not any(alive(pid) for pid in members),
+            30,
+            "the task processes to exit",
+            interval=0.2,
+            on_timeout=lambda: str(group_members(pgid)),
+        )
+        assert instance.get_materialized_partitions(BRONZE) == set()
