@@ -256,7 +256,6 @@ class Bench:
                 "FANOUT_TARGET": "local",
                 "FANOUT_CONFIGS_DIR": spec["configs"],
                 "FANOUT_DATA_ROOT": spec["data_root"],
-                "FANOUT_BRONZE_LOCATION": spec["warehouse"],
                 "FANOUT_SPARK_WAREHOUSE": spec["spark_warehouse"],
                 "FANOUT_OBJECTS_PER_RUN": str(spec["pack_size"]),
                 "FANOUT_THREADS_PER_RUN": str(spec["threads"]),
@@ -279,7 +278,6 @@ class Bench:
             "objects": n,
             "configs": str(configs),
             "data_root": str(data),
-            "warehouse": str(run_dir / "warehouse" / "bronze"),
             "spark_warehouse": str(run_dir / "spark-warehouse"),
             "spark_master": self.args.spark_master,
             "threads": self.args.threads,
@@ -626,11 +624,6 @@ def main(argv: list[str] | None = None) -> int:
             "warning: cannot become a child subreaper; CPU of orphaned processes (JVMs) may be missed",
             file=sys.stderr,
         )
-    from bench.spark_modes import check_session_conf
-
-    for problem in check_session_conf():
-        print(f"warning: bench Spark conf differs from the product's: {problem}", file=sys.stderr)
-
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out)
     logs = out_dir / "logs" / stamp

@@ -3,56 +3,26 @@ and `per_process` (one fresh Python + Spark process per object, C at a time).
 
 Neither imports Dagster: they call the product's plain-Spark code
 (`fanout_dagster.ingest.ingest_object`, `fanout_dagster.packing.run_pack`,
-`ParquetTableWriter`) on a session configured like the product's
-`LocalSparkResource` (checked by `check_session_conf`).
+the bronze Delta writer) on the product's own `LocalSparkResource` session.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-# Mirrors fanout_dagster.resources.spark.LocalSparkResource (master comes from the spec).
-SESSION_CONF = {
-    "spark.sql.shuffle.partitions": "4",
-    "spark.ui.enabled": "false",
-    "spark.sql.session.timeZone": "UTC",
-    "spark.scheduler.mode": "FAIR",
-    "spark.log.level": "ERROR",
-}
-
-
-def check_session_conf() -> list[str]:
-    """Differences between SESSION_CONF and the product's LocalSparkResource defaults."""
-    from fanout_dagster.resources.spark import LocalSparkResource
-
-    product = LocalSparkResource()
-    expected = {
-        "spark.sql.shuffle.partitions": str(product.shuffle_partitions),
-        "spark.log.level": product.log_level,
-    }
-    return [
-        f"{k}: bench {SESSION_CONF[k]!r} != product {v!r}"
-        for k, v in expected.items()
-        if SESSION_CONF[k] != v
-    ]
-
 
 def new_session(master: str, warehouse_dir: str, app_name: str):
-    from pyspark.sql import SparkSession
+    """A session configured exactly as the product's embedded one (Delta, warehouse)."""
+    from fanout_dagster.resources.spark import LocalSparkResource
 
-    builder = SparkSession.builder.master(master).appName(app_name)
-    builder = builder.config("spark.sql.warehouse.dir", os.path.abspath(warehouse_dir))
-    for key, value in SESSION_CONF.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel(SESSION_CONF["spark.log.level"])
-    return session
+    return LocalSparkResource(
+        master=master, warehouse_dir=warehouse_dir, app_name=app_name
+    ).get_session()
 
 
 def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
@@ -60,7 +30,7 @@ def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
     from fanout_dagster.ingest import ingest_object
     from fanout_dagster.objects import load_objects
     from fanout_dagster.packing import run_pack
-    from fanout_dagster.tables import ParquetTableWriter
+    from fanout_dagster.resources.bronze_tables import BronzeTables
 
     objects = load_objects(spec["configs"]).objects
     if keys is not None:
@@ -69,7 +39,7 @@ def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
     t_session = time.time()
     spark = new_session(spec["spark_master"], spec["spark_warehouse"], app_name)
     t_ready = time.time()
-    writer = ParquetTableWriter(spark, warehouse=spec["warehouse"])
+    writer = BronzeTables().writer(spark)
     run_id = str(uuid.uuid4())
 
     def load(obj):

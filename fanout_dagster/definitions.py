@@ -1,8 +1,8 @@
 """The code location: one asset, one sensor, resources chosen per target.
 
 The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
-- `local` (default): embedded Spark in the run process, bronze tables under
-  warehouse/, no credentials;
+- `local` (default): embedded Spark in the run process, bronze Delta tables
+  `bronze.<table>` under warehouse/, no credentials;
 - `databricks`: each step runs as a Databricks run through the dagster-databricks
   step launcher, on the cluster's SparkSession (resources/databricks.py).
 """
@@ -26,7 +26,7 @@ def local_resources(settings: Settings) -> dict[str, Any]:
         "spark": LocalSparkResource(
             master=settings.spark_master, warehouse_dir=settings.spark_warehouse
         ),
-        "bronze_tables": BronzeTables(format="parquet", location=settings.bronze_location),
+        "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=True),
         "object_configs": ObjectConfigs.from_settings(settings),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),

@@ -36,7 +36,7 @@ MAX_TABLE_LEN = 128
 _OBJECT_KEYS = {"code", "name", "source", "target", "cluster"}
 _REQUIRED_OBJECT_KEYS = ("code", "name", "source", "target")
 _SOURCE_KEYS = {"format", "path", "options"}
-_TARGET_KEYS = {"table", "mode"}
+_TARGET_KEYS = {"table", "mode", "schema_evolution_mode", "on_empty"}
 
 # libyaml's parser (bundled in PyYAML's wheels) reads 10,000 configs about 5x
 # faster than the pure-Python one, and the sensor reads them every tick.
@@ -49,12 +49,18 @@ class SourceSpec:
     format: str
     path: str  # relative to the data root; may be a glob
     options: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    schema: str | None = None
+    schema_hints: str | None = None
+    table: str | None = None
+    watch: bool = False
 
 
 @dataclass(frozen=True)
 class TargetSpec:
     table: str
     mode: str = "overwrite"
+    schema_evolution_mode: Any = "addNewColumns"
+    on_empty: str = "fail"
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,22 @@ class ObjectConfig:
     def key(self) -> str:
         """The partition key: object identity, stable while code and name are."""
         return partition_key(self.code, self.name)
+
+    @property
+    def source_hash(self) -> str:
+        """Hash of what defines which rows are read (temporary: until the pydantic model)."""
+        blob = json.dumps(
+            [
+                self.source.format,
+                self.source.path,
+                sorted(self.source.options.items()),
+                self.source.schema,
+                self.source.schema_hints,
+                self.source.table,
+            ],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def config_hash(self) -> str:
@@ -316,7 +338,12 @@ def _parse_target(value: Any, err: _Reporter) -> TargetSpec | None:
         err("target.mode", f"{mode!r} is not one of {', '.join(WRITE_MODES)}")
     if err.count() > before:
         return None
-    return TargetSpec(table, mode)
+    return TargetSpec(
+        table,
+        mode,
+        value.get("schema_evolution_mode", "addNewColumns"),
+        value.get("on_empty", "fail"),
+    )
 
 
 def source_path_problem(path: Any) -> str | None:

@@ -65,15 +65,17 @@ class Settings(BaseSettings):
     # --- local Spark
     spark_master: str = Field("local[2]", description="Master of the embedded local Spark.")
     spark_warehouse: str = Field(
-        "warehouse", description="Local Spark's warehouse folder (`spark.sql.warehouse.dir`)."
+        "warehouse",
+        description="Local Spark's warehouse folder (`spark.sql.warehouse.dir`): bronze tables "
+        "live in `<warehouse>/<schema>.db/<table>`.",
     )
-    bronze_location: str = Field(
-        "warehouse/bronze",
-        description="Local: the bronze Parquet folder; databricks: the Delta schema of bronze "
-        "tables (e.g. `main.bronze`).",
-    )
-    bronze_format: Literal["parquet", "delta"] = Field(
-        "parquet", description="Bronze table format (databricks: set `delta`)."
+
+    # --- bronze tables (Delta Lake on every target)
+    bronze_schema: str = Field(
+        "bronze",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="Schema of the bronze tables: `bronze` locally; `<catalog>.<schema>` in a "
+        "Unity Catalog workspace (e.g. `main.bronze`).",
     )
 
     # --- Databricks

@@ -1,48 +1,47 @@
-"""Bronze table writers: where a load lands and how it is committed.
+"""Bronze tables: Delta Lake, written by one writer locally and on Databricks.
 
-A table is made of loads, one value of its `_load_id` column each:
+A bronze table holds one object. Its rows carry audit columns (ingest.py), two
+of which make the loads idempotent:
 
-- overwrite: the table is exactly the latest load.
-- append: the table keeps one load per source file (ingest.py picks the ids);
-  a write replaces the loads it is given and keeps every other one.
+- `_load_id`: which source file a row came from (a hash of the file's path
+  relative to the data root);
+- `_source_size`, `_source_modified`, `_source_hash`: the file's size and
+  modification time when it was read, and the hash of the object's source
+  definition (format, path, options, schema). Together they record, durably
+  and in the same transaction as the rows, which files the table already holds.
 
-Each load is committed all at once or not at all, so a write that fails half
-way leaves the table as it was.
+Every write is one Delta transaction, so a write that fails or is killed half
+way commits nothing and the previous version stays readable:
 
-- `ParquetTableWriter` (local Spark, and the Databricks emulator): a table is a
-  folder `<warehouse>/<table>/_load_id=<id>/`. A write goes to a hidden staging
-  folder and is moved into place with directory renames, which are atomic on
-  a local filesystem: the whole table for overwrite, each load's folder for
-  append. Parquet needs no downloaded jars; Delta would (Maven is not
-  reachable from here), which is why the local default is Parquet.
-- `DeltaTableWriter` (Databricks): a Delta table in the metastore; the Delta
-  transaction log gives the atomicity.
+- `overwrite`: the table becomes exactly this load.
+- `replace_files`: the rows of the files given are replaced by the rows the
+  DataFrame holds for them (`replaceWhere` on `_load_id`); every other row is
+  kept. A changed file thus replaces exactly its own rows.
 
-Both refuse a write that would leave the table without rows, and a schema
-that differs from the table's current one, before committing anything.
+Each commit carries `userMetadata` naming the Dagster run and object, so its
+version and operation metrics are found in the table's history even when
+other writers commit in between.
+
+No Dagster import: the tests and the benchmark's floor use this directly.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
+import json
 import re
-import shutil
-import uuid
-from collections.abc import Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from fanout_dagster.schema_policy import EvolutionMode, SchemaChangeRejected, conform
+
 LOAD_COLUMN = "_load_id"
-# Kept in each append load's folder: the fingerprint of the source file the
-# load was made from. Spark skips files named '_*', so readers never see it.
-SOURCE_MARKER = "_SOURCE"
+# Identifiers that reach SQL: validated table names (objects.py), the schema
+# from settings (settings.py), hex load ids. Quoted anyway.
+_NAME_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class LoadRejected(Exception):
@@ -50,299 +49,246 @@ class LoadRejected(Exception):
 
 
 @dataclass(frozen=True)
-class WrittenLoad:
-    location: str
+class FileState:
+    """What a table records about one source file it holds."""
+
+    size: int
+    modified_ms: int
+    source_hash: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The table after a write, and the commit the write made (from the table's history)."""
+
+    table: str  # full name
+    version: int  # the table's Delta version now: the one this write created, if it wrote
+    written: bool  # False: nothing was new, nothing was committed
+    operation: str
+    rows_written: int
+    files_written: int  # data files the commit added
     rows: int  # rows in the table after the write
-    rows_written: int  # rows in the loads this write put in place
-    schema: StructType  # the table's schema, `_load_id` last
+    schema: StructType  # the table's schema after the write
 
 
-class TableWriter(Protocol):
-    def overwrite(self, df: DataFrame, *, table: str, load_id: str) -> WrittenLoad:
-        """Make `df` the whole table, as the single load `load_id`."""
-        ...
-
-    def append(
-        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
-    ) -> WrittenLoad:
-        """Replace the loads named in `sources` (load id -> source fingerprint)
-        with the rows `df` holds for them (by its `_load_id` column); keep
-        every other load. A load without rows in `df` (or `df` None) ends up
-        empty. With no sources this writes nothing and reports the table."""
-        ...
-
-    def appended_sources(self, table: str) -> dict[str, str]:
-        """load id -> the fingerprint `append` recorded with it, for each load
-        whose source need not be read again while its fingerprint holds."""
-        ...
+def quote(name: str) -> str:
+    """`a.b.c` -> `` `a`.`b`.`c` `` for names made of plain identifier parts."""
+    parts = name.split(".")
+    if not all(_NAME_PART.match(part) for part in parts):
+        raise ValueError(f"{name!r} is not a plain table name")
+    return ".".join(f"`{part}`" for part in parts)
 
 
-def literal_path(path: str) -> str:
-    """`path` escaped for Spark's readers, which expand glob characters
-    ([]{}*?) in the paths they are given: this one is meant as it is."""
-    return re.sub(r"([\\\[\]{}*?])", r"\\\1", path)
+def commit_tag(run_id: str, key: str) -> str:
+    """The userMetadata of a bronze commit: which run wrote which object."""
+    return json.dumps({"dagster_run_id": run_id, "partition_key": key}, sort_keys=True)
 
 
-def describe_schema_change(old: StructType, new: StructType) -> str | None:
-    """A human description of how `new` differs from `old`, or None if it does not."""
-    old_cols = {f.name: f.dataType.simpleString() for f in old.fields if f.name != LOAD_COLUMN}
-    new_cols = {f.name: f.dataType.simpleString() for f in new.fields if f.name != LOAD_COLUMN}
-    if old_cols == new_cols:
-        return None
-    parts = []
-    added = [c for c in new_cols if c not in old_cols]
-    removed = [c for c in old_cols if c not in new_cols]
-    changed = [
-        f"{c} {old_cols[c]}->{new_cols[c]}"
-        for c in new_cols
-        if c in old_cols and old_cols[c] != new_cols[c]
-    ]
-    if added:
-        parts.append(f"added {', '.join(added)}")
-    if removed:
-        parts.append(f"removed {', '.join(removed)}")
-    if changed:
-        parts.append(f"changed {', '.join(changed)}")
-    return "; ".join(parts)
+class BronzeTableWriter:
+    """Writes bronze Delta tables in one schema (`bronze`, or `main.bronze` on Unity Catalog).
 
-
-class ParquetTableWriter:
-    """Folder-per-table Parquet with atomic, idempotent writes.
-
-    overwrite: the whole table folder is swapped for the staged one.
-    append:    each load's folder is swapped on its own, so a file re-read by
-               a later run replaces its rows instead of adding them again.
+    `prepare_table(spark, full_name)` runs before a table is used: the local
+    catalog registers a table another Spark process created meanwhile; on
+    Databricks it does nothing (Unity Catalog knows every table).
     """
 
-    def __init__(self, spark: SparkSession, warehouse: str):
+    def __init__(
+        self,
+        spark: SparkSession,
+        schema: str,
+        prepare_table: Callable[[SparkSession, str], None] | None = None,
+        system_columns: Collection[str] = (),
+    ):
         self.spark = spark
-        self.warehouse = Path(warehouse)
-        # Table names start with a letter (objects.TABLE_RE), so these never clash with a table.
-        self._staging = self.warehouse / "_staging"
-        self._trash = self.warehouse / "_trash"
+        self.system_columns = tuple(system_columns)
+        self.schema = schema
+        self._prepare = prepare_table
+        self._schema_ready = False
 
-    def table_path(self, table: str) -> Path:
-        return self.warehouse / table
+    def full_name(self, table: str) -> str:
+        return f"{self.schema}.{table}"
 
-    def overwrite(self, df: DataFrame, *, table: str, load_id: str) -> WrittenLoad:
-        return self._write(
-            df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, {load_id: ""}, append=False
+    # ------------------------------------------------------------------ reads
+
+    def exists(self, table: str) -> bool:
+        name = self.full_name(table)
+        if self._prepare is not None:
+            self._prepare(self.spark, name)
+        return bool(self.spark.catalog.tableExists(name))
+
+    def table_schema(self, table: str) -> StructType | None:
+        return self.spark.table(quote(self.full_name(table))).schema if self.exists(table) else None
+
+    def ingested_files(self, table: str) -> dict[str, FileState]:
+        """load id -> the state of the source file whose rows the table holds."""
+        if not self.exists(table):
+            return {}
+        rows = (
+            self.spark.table(quote(self.full_name(table)))
+            .groupBy(LOAD_COLUMN)
+            .agg(
+                F.max("_source_size").alias("size"),
+                F.max(F.unix_millis("_source_modified")).alias("modified_ms"),
+                F.max("_source_hash").alias("source_hash"),
+            )
+            .collect()
         )
-
-    def append(
-        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
-    ) -> WrittenLoad:
-        return self._write(df, table, sources, append=True)
-
-    def appended_sources(self, table: str) -> dict[str, str]:
-        # Read without the lock: a folder caught mid-swap only makes its file
-        # look new, and reading it again is harmless.
         return {
-            marker.parent.name.removeprefix(f"{LOAD_COLUMN}="): marker.read_text()
-            for marker in self.table_path(table).glob(f"{LOAD_COLUMN}=*/{SOURCE_MARKER}")
+            row[LOAD_COLUMN]: FileState(int(row.size), int(row.modified_ms), row.source_hash)
+            for row in rows
         }
 
-    def _write(
-        self, df: DataFrame | None, table: str, loads: Mapping[str, str], *, append: bool
-    ) -> WrittenLoad:
-        target = self.table_path(table)
-        staged = self._staging / f"{table}-{uuid.uuid4().hex}"
-        try:
-            self._stage(df, staged, loads, append)
-            staged_data = self._data(staged)
-            rows_written = staged_data.count() if staged_data is not None else 0
-            with self._table_lock(table):
-                self._recover(table)
-                if append:
-                    self._refuse_loads_without_marker(table)
-                current = self._data(target)
-                kept = 0
-                if append and current is not None:
-                    kept = current.where(~F.col(LOAD_COLUMN).isin(list(loads))).count()
-                if rows_written + kept == 0:
-                    raise LoadRejected(
-                        f"the source has no rows; table {table!r} keeps its previous load"
-                    )
-                schema = (staged_data if staged_data is not None else current).schema
-                if staged_data is not None and current is not None:
-                    self._check_schema(table, current.schema, schema)
-                if append and target.exists():
-                    for load_id in loads:
-                        folder = f"{LOAD_COLUMN}={load_id}"
-                        self._swap(staged / folder, target / folder)
-                else:
-                    self._swap(staged, target)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-        return WrittenLoad(
-            str(target), rows=kept + rows_written, rows_written=rows_written, schema=schema
-        )
+    # ------------------------------------------------------------------ writes
 
-    def _stage(
-        self, df: DataFrame | None, staged: Path, loads: Mapping[str, str], markers: bool
-    ) -> None:
-        """Write `df` to `staged`, one `_load_id=<id>` folder per load."""
-        if df is not None and len(loads) == 1:
-            # Every row is of this load: write its folder directly, sparing the
-            # sort of each task's rows that partitionBy costs.
-            [load_id] = loads
-            df.drop(LOAD_COLUMN).write.mode("error").parquet(
-                str(staged / f"{LOAD_COLUMN}={load_id}")
-            )
-        elif df is not None:
-            df.write.partitionBy(LOAD_COLUMN).mode("error").parquet(str(staged))
-        expected = {f"{LOAD_COLUMN}={load_id}" for load_id in loads}
-        unexpected = sorted(
-            p.name for p in staged.glob(f"{LOAD_COLUMN}=*") if p.name not in expected
-        )
-        if unexpected:
-            # Swapping only the expected folders would silently drop these rows.
-            raise ValueError(
-                f"the load holds rows for {', '.join(unexpected)}, which it was not given"
-            )
-        for load_id, fingerprint in loads.items():
-            folder = staged / f"{LOAD_COLUMN}={load_id}"
-            # A load without rows may have no folder yet; it needs one: it replaces
-            # the old one, and its marker records that the source file was read.
-            folder.mkdir(parents=True, exist_ok=True)
-            if markers:
-                (folder / SOURCE_MARKER).write_text(fingerprint)
+    def overwrite(
+        self,
+        df: DataFrame,
+        *,
+        table: str,
+        mode: EvolutionMode,
+        allow_empty: bool,
+        tag: str,
+    ) -> Commit:
+        """Make `df` the whole table, in one transaction."""
+        current = self.table_schema(table)
+        conformed, merge = self._conform(df, current, mode, table)
+        if not allow_empty and conformed.isEmpty():
+            raise LoadRejected(self._empty_message(table, current))
+        self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
+        return self._commit(table, tag)
 
-    def _data(self, path: Path) -> DataFrame | None:
-        """The Parquet data under `path`, or None if there is none (Spark finds no schema in no files)."""
-        if not any(path.glob(f"{LOAD_COLUMN}=*/*.parquet")):
-            return None
-        return self.spark.read.parquet(literal_path(str(path)))
+    def replace_files(
+        self,
+        df: DataFrame | None,
+        *,
+        table: str,
+        load_ids: Collection[str],
+        mode: EvolutionMode,
+        allow_empty: bool,
+        tag: str,
+        reload: bool = False,
+    ) -> Commit:
+        """Replace the rows of these source files with the rows `df` holds, in one transaction.
 
-    def _refuse_loads_without_marker(self, table: str) -> None:
-        folders = self.table_path(table).glob(f"{LOAD_COLUMN}=*")
-        unmarked = sorted(p.name for p in folders if not (p / SOURCE_MARKER).exists())
-        if unmarked:
-            raise LoadRejected(
-                f"table {table!r} holds loads that were not written per source file ({', '.join(unmarked)}): "
-                "it was written in overwrite mode, or by an older version of this loader. Appending would "
-                "load their rows a second time; move the table folder away to reload it in append mode."
-            )
-
-    def _check_schema(self, table: str, current: StructType, new: StructType) -> None:
-        change = describe_schema_change(current, new)
-        if change:
-            raise LoadRejected(
-                f"schema of table {table!r} changed since the last load ({change}); the table keeps "
-                "its previous load. Load into a new table name, or move the old table folder away "
-                "to accept the new schema."
-            )
-
-    def _swap(self, new: Path, dest: Path) -> None:
-        """Move `new` to `dest`, keeping the old `dest` until the move is done.
-
-        Two renames, dest -> trash and new -> dest, then the trashed copy is
-        deleted. `_recover` finishes a swap that died half way.
+        `reload`: the table starts over from this load (its source definition
+        changed, so rows of files no longer read would not be history but
+        leftovers of another source). With no load ids and no reload, nothing
+        is written and the table is reported as it is.
         """
-        self._trash.mkdir(parents=True, exist_ok=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        old = self._trash / f"{dest.parent.name}.{dest.name}.{uuid.uuid4().hex}"
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(new, dest)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _recover(self, table: str) -> None:
-        """Finish the swaps of this table that died half way (runs under the table lock).
-
-        A trashed copy whose destination is missing died between the two
-        renames: it is put back. One whose destination exists is an old copy
-        whose deletion did not finish: it is deleted, so it can never be
-        mistaken for the copy of a later interrupted swap. Since every write
-        recovers before it swaps, a destination has at most one copy to put back.
-        """
-        target = self.table_path(table)
-        pending: list[tuple[Path, Path]] = []
-        for leftover in self._trash.iterdir() if self._trash.exists() else ():
-            origin = leftover.name.rsplit(".", 1)[0]  # "<parent folder>.<folder>", see _swap
-            if origin == f"{self.warehouse.name}.{table}":
-                pending.insert(0, (leftover, target))  # the table first: its load folders need it
-            elif origin.startswith(f"{table}.{LOAD_COLUMN}="):
-                pending.append((leftover, target / origin.removeprefix(f"{table}.")))
-        for leftover, dest in pending:
-            if dest.exists() or not dest.parent.exists():
-                # (A load folder whose table is gone: the table was moved away by hand.)
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                os.rename(leftover, dest)
-
-    @contextmanager
-    def _table_lock(self, table: str):
-        # Two runs of the same object (a sensor run and a backfill, say) must
-        # not interleave their renames.
-        self.warehouse.mkdir(parents=True, exist_ok=True)
-        with open(self.warehouse / f".{table}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class DeltaTableWriter:
-    """Delta tables in a Databricks schema (`<schema>.<table>`).
-
-    overwrite replaces the table in one transaction; append replaces the rows
-    of the loads it is given (replaceWhere), in one transaction too. Delta
-    keeps no per-load fingerprints here, so every append run re-reads all the
-    current source files; each still lands once. Table names are validated
-    identifiers (objects.TABLE_RE), load ids are made of letters and digits
-    (ingest.py), and the schema name is deployment config, so the SQL below
-    cannot be injected from an object config.
-    """
-
-    def __init__(self, spark: SparkSession, schema: str):
-        self.spark = spark
-        self.schema = schema
-
-    def overwrite(self, df: DataFrame, *, table: str, load_id: str) -> WrittenLoad:
-        return self._write(
-            df.withColumn(LOAD_COLUMN, F.lit(load_id)), table, [load_id], append=False
-        )
-
-    def append(
-        self, df: DataFrame | None, *, table: str, sources: Mapping[str, str]
-    ) -> WrittenLoad:
-        return self._write(df, table, list(sources), append=True)
-
-    def appended_sources(self, table: str) -> dict[str, str]:
-        return {}
-
-    def _write(
-        self, df: DataFrame | None, table: str, load_ids: list[str], *, append: bool
-    ) -> WrittenLoad:
-        name = f"{self.schema}.{table}"
-        exists = self.spark.catalog.tableExists(name)
+        current = self.table_schema(table)
+        if not load_ids and not reload:
+            if current is None:
+                raise LoadRejected(self._empty_message(table, current))
+            return self._unchanged(table)
         these = (
-            f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in load_ids)})" if load_ids else "false"
-        )
-        if df is None or df.isEmpty():
-            kept = (
-                self.spark.table(name).where(f"NOT ({these})").count() if append and exists else 0
-            )
+            F.col(LOAD_COLUMN).isin(sorted(load_ids)) if load_ids else F.lit(False)
+        )  # rows this write replaces
+        if df is None:
+            if current is None:
+                raise LoadRejected(self._empty_message(table, current))
+            df = self.spark.table(quote(self.full_name(table))).limit(0).drop("_rescued_data")
+        conformed, merge = self._conform(df, current, mode, table)
+        if not allow_empty and conformed.isEmpty():
+            kept = 0
+            if current is not None and not reload:
+                kept = self.spark.table(quote(self.full_name(table))).where(~these).limit(1).count()
             if kept == 0:
-                raise LoadRejected(
-                    f"the source has no rows; table {name!r} keeps its previous load"
-                )
-        if df is not None and exists:
-            change = describe_schema_change(self.spark.table(name).schema, df.schema)
-            if change:
-                raise LoadRejected(
-                    f"schema of table {name!r} changed since the last load ({change})"
-                )
-        if df is not None:
-            writer = df.write.format("delta").mode("overwrite")
-            if append:
-                writer = writer.option("replaceWhere", these)
-            writer.saveAsTable(name)
-        elif load_ids:  # the files of these loads hold no rows now
-            self.spark.sql(f"DELETE FROM {name} WHERE {these}")
-        now = self.spark.table(name)
-        return WrittenLoad(
-            name, rows=now.count(), rows_written=now.where(these).count(), schema=now.schema
+                raise LoadRejected(self._empty_message(table, current))
+        if current is None or reload:
+            self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
+        else:
+            condition = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
+            self._write(
+                conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current
+            )
+        return self._commit(table, tag)
+
+    def _conform(
+        self, df: DataFrame, current: StructType | None, mode: EvolutionMode, table: str
+    ) -> tuple[DataFrame, bool]:
+        try:
+            return conform(
+                df, current, mode, table=self.full_name(table), system_columns=self.system_columns
+            )
+        except SchemaChangeRejected as exc:
+            raise LoadRejected(str(exc)) from exc
+
+    def _write(
+        self,
+        df: DataFrame,
+        table: str,
+        *,
+        replace_where: str | None,
+        merge: bool,
+        tag: str,
+        exists: StructType | None,
+    ) -> None:
+        self._ensure_schema()
+        writer = df.write.format("delta").mode("overwrite").option("userMetadata", tag)
+        if replace_where is not None:
+            writer = writer.option("replaceWhere", replace_where)
+        if merge:
+            # New source columns are added to the table (schema_policy decided so).
+            writer = writer.option("mergeSchema", "true")
+        writer.saveAsTable(self.full_name(table))
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+            self._schema_ready = True
+
+    def _commit(self, table: str, tag: str) -> Commit:
+        """The commit this writer just made (found by its userMetadata), and the table after it."""
+        name = self.full_name(table)
+        entries = (
+            self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT 20")
+            .select("version", "operation", "operationMetrics", "userMetadata")
+            .collect()
         )
+        # More than 20 commits of other writers since: report the newest.
+        entry = next((e for e in entries if e.userMetadata == tag), entries[0])
+        metrics: Mapping[str, str] = entry.operationMetrics or {}
+        now = self.spark.table(quote(name))
+        return Commit(
+            table=name,
+            version=int(entry.version),
+            written=True,
+            operation=str(entry.operation),
+            # replaceWhere rewrites data files that mix kept and replaced rows:
+            # the rows it copied over are not this load's.
+            rows_written=int(metrics.get("numOutputRows", 0))
+            - int(metrics.get("numCopiedRows", 0)),
+            files_written=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
+            rows=now.count(),
+            schema=now.schema,
+        )
+
+    def _unchanged(self, table: str) -> Commit:
+        name = self.full_name(table)
+        [last] = self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT 1").collect()
+        now = self.spark.table(quote(name))
+        return Commit(
+            table=name,
+            version=int(last.version),
+            written=False,
+            operation="none: nothing new",
+            rows_written=0,
+            files_written=0,
+            rows=now.count(),
+            schema=now.schema,
+        )
+
+    def _empty_message(self, table: str, current: StructType | None) -> str:
+        name = self.full_name(table)
+        if current is None:
+            return f"the source has no rows; table {name} was not created (on_empty: fail)"
+        return (
+            f"the source has no rows; table {name} keeps its previous version (on_empty: fail; "
+            "set on_empty: allow to commit empty loads)"
+        )
+
+
+def history(spark: SparkSession, full_name: str, limit: int = 20) -> list[dict[str, object]]:
+    """The table's recent commits, newest first (DESCRIBE HISTORY)."""
+    rows = spark.sql(f"DESCRIBE HISTORY {quote(full_name)} LIMIT {int(limit)}").collect()
+    return [row.asDict(recursive=True) for row in rows]

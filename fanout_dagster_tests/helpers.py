@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import yaml
 from dagster import ResourceDefinition
 
 from fanout_dagster.objects import ObjectConfig, load_objects
@@ -64,6 +66,29 @@ def local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
 
 
+def keep_objects(project: Project, keys: list[str]) -> None:
+    """Rewrite the project's configs to hold only these sample objects (as declared)."""
+    entries = []
+    for path in sorted(project.configs.glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        items = document if isinstance(document, list) else [document]
+        entries += [e for e in items if f"{e['code']}-{e['name']}" in keys]
+        path.unlink()
+    assert sorted(f"{e['code']}-{e['name']}" for e in entries) == sorted(keys)
+    (project.configs / "objects.yaml").write_text(yaml.safe_dump(entries, sort_keys=False))
+
+
+def table_state(spark, full_name: str) -> tuple[int, list[tuple]] | None:
+    """A Delta table's current version and its rows (sorted), or None if it does not exist.
+
+    Equal states before and after a refused load prove nothing was committed."""
+    if not spark.catalog.tableExists(full_name):
+        return None
+    version = spark.sql(f"DESCRIBE HISTORY {full_name} LIMIT 1").first().version
+    rows = sorted(tuple(str(v) for v in row) for row in spark.table(full_name).collect())
+    return version, rows
+
+
 def tree_snapshot(root: Path) -> dict[str, str]:
     """Every file under root (relative path -> sha256 of its bytes)."""
     root = Path(root)
@@ -74,10 +99,6 @@ def tree_snapshot(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def load_dirs(table_dir: Path) -> list[str]:
-    return sorted(p.name for p in Path(table_dir).glob("_load_id=*"))
 
 
 def replace_once(path: Path, old: str, new: str) -> None:
@@ -101,11 +122,23 @@ class ListHandler(logging.Handler):
 
 
 class Project:
+    """A throwaway copy of the sample configs and data, with bronze tables of its own.
+
+    In-process tests share one Spark session (and its warehouse), so each
+    project writes to a schema of its own; Dagster processes started for a
+    project (daemon, dagster dev) get a warehouse of its own instead.
+    """
+
     def __init__(self, root: Path):
         self.root = root
         self.configs = root / "configs"
         self.data = root / "data"
-        self.warehouse = root / "warehouse" / "bronze"
+        self.schema = "bronze_" + uuid.uuid4().hex[:12]
+        self.spark_warehouse = root / "spark-warehouse"
+
+    def table(self, table: str) -> str:
+        """The full name of one of this project's bronze tables."""
+        return f"{self.schema}.{table}"
 
     @property
     def keys(self) -> list[str]:
@@ -115,7 +148,7 @@ class Project:
         return ObjectConfigs(configs_dir=str(self.configs), data_root=str(self.data))
 
     def bronze_tables(self) -> BronzeTables:
-        return BronzeTables(format="parquet", location=str(self.warehouse))
+        return BronzeTables(schema_name=self.schema)
 
     def resources(self, spark_resource: LocalSparkResource) -> dict:
         """The local target's resources, pointed at this project."""
@@ -127,10 +160,14 @@ class Project:
         }
 
     def env(self) -> dict[str, str]:
-        """Environment for a Dagster process (daemon, dagster dev) using this project."""
+        """Environment for a Dagster process (daemon, dagster dev) using this project:
+        its own warehouse, the default `bronze` schema."""
         return {
             "FANOUT_CONFIGS_DIR": str(self.configs),
             "FANOUT_DATA_ROOT": str(self.data),
-            "FANOUT_BRONZE_LOCATION": str(self.warehouse),
-            "FANOUT_SPARK_WAREHOUSE": str(self.root / "spark-warehouse"),
+            "FANOUT_SPARK_WAREHOUSE": str(self.spark_warehouse),
         }
+
+    def process_table(self, table: str) -> Path:
+        """Where a Dagster process started with `env()` keeps a bronze table."""
+        return self.spark_warehouse / "bronze.db" / table

@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+import yaml
 from dagster import AssetKey, DagsterEventType, materialize
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -21,7 +22,7 @@ from dagster._core.storage.tags import (
 
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster_tests.helpers import tree_snapshot
+from fanout_dagster_tests.helpers import table_state
 from fanout_dagster_tests.test_sensors import tick
 
 BRONZE = AssetKey("bronze")
@@ -124,8 +125,12 @@ def run_pack(project, spark_resource, instance, keys):
     )
 
 
+def table_of(project, key: str) -> str:
+    return project.table(key.replace("-", "_"))
+
+
 def test_bad_sources_fail_alone_and_keep_their_previous_loads(
-    instance, project, spark_resource, tmp_path
+    instance, project, spark, spark_resource, tmp_path
 ):
     # A symlink that leads outside the data root, declared by a valid-looking config.
     outside = tmp_path / "outside"
@@ -140,7 +145,7 @@ def test_bad_sources_fail_alone_and_keep_their_previous_loads(
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, PACK[:-1])
     first = run_pack(project, spark_resource, instance, PACK[:-1])
     assert first.success
-    before = {key: tree_snapshot(project.warehouse / key.replace("-", "_")) for key in PACK[:-1]}
+    before = {key: table_state(spark, table_of(project, key)) for key in PACK[:-1]}
 
     # Break three sources in three ways; erp-suppliers stays healthy.
     shutil.rmtree(project.data / "erp" / "customers")  # missing source
@@ -151,6 +156,13 @@ def test_bad_sources_fail_alone_and_keep_their_previous_loads(
     stores.write_text(
         "\n".join([lines[0] + ",region"] + [line + ",north" for line in lines[1:]]) + "\n"
     )
+    # ... which its config refuses (schema_evolution_mode: failOnNewColumns).
+    erp = project.configs / "erp.yaml"
+    document = yaml.safe_load(erp.read_text())
+    for entry in document:
+        if entry["name"] == "stores":
+            entry["target"]["schema_evolution_mode"] = "failOnNewColumns"
+    erp.write_text(yaml.safe_dump(document, sort_keys=False))
     instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["hr-leak"])
 
     second = run_pack(project, spark_resource, instance, PACK)
@@ -165,8 +177,8 @@ def test_bad_sources_fail_alone_and_keep_their_previous_loads(
     }
     assert "no source files match 'erp/customers/*.csv'" in errors["erp-customers"]
     assert "has no rows" in errors["erp-products"]
-    assert "schema of table 'erp_stores' changed" in errors["erp-stores"]
-    assert "added region" in errors["erp-stores"]
+    assert "new column(s) region" in errors["erp-stores"]
+    assert "failOnNewColumns" in errors["erp-stores"]
     assert "leads outside the data root" in errors["hr-leak"]
     assert "erp-suppliers" not in errors
     for key in errors:
@@ -178,5 +190,5 @@ def test_bad_sources_fail_alone_and_keep_their_previous_loads(
         latest.setdefault(record.asset_materialization.partition, record.run_id)
     assert latest["erp-suppliers"] == second.run_id
     for key in ("erp-customers", "erp-products", "erp-stores"):
-        assert tree_snapshot(project.warehouse / key.replace("-", "_")) == before[key]
-    assert not (project.warehouse / "hr_leak").exists()
+        assert table_state(spark, table_of(project, key)) == before[key]
+    assert not spark.catalog.tableExists(project.table("hr_leak"))

@@ -15,7 +15,7 @@ from fanout_dagster_tests.helpers import SAMPLE_CONFIGS
 
 PLACEHOLDERS = {
     "local": {},
-    "databricks": {"data_root": "/Volumes/main/raw/landing", "bronze_location": "main.bronze"},
+    "databricks": {"data_root": "/Volumes/main/raw/landing", "bronze_schema": "main.bronze"},
 }
 
 

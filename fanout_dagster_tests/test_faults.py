@@ -17,12 +17,11 @@ from dagster import AssetKey, DagsterEventType, instance_for_test, materialize
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster_tests.e2e.test_databricks import keep_objects
 from fanout_dagster_tests.helpers import (
     expected_source_files,
-    load_dirs,
+    keep_objects,
     spark_source_count,
-    tree_snapshot,
+    table_state,
 )
 
 BRONZE = AssetKey("bronze")
@@ -45,17 +44,6 @@ def step_failure_messages(instance, run_id: str) -> list[str]:
     return [r.event_log_entry.dagster_event.step_failure_data.error.message for r in records]
 
 
-def staging_leftovers(warehouse: Path) -> list[str]:
-    """Anything the writer left in its staging or trash folders."""
-    folders = [warehouse / "_staging", warehouse / "_trash"]
-    return [
-        str(p.relative_to(warehouse))
-        for folder in folders
-        if folder.exists()
-        for p in folder.rglob("*")
-    ]
-
-
 # --------------------------------------------------------------------------- 1. write fails half way
 
 
@@ -64,8 +52,8 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
 ):
     """The write job of a load dies after some of its tasks have written their
     part files: the run fails naming the object, the table keeps its previous
-    complete load byte for byte, nothing is left in staging, and a retry with
-    the source fixed replaces the table with the new source's rows."""
+    version (nothing committed), and a retry with the source fixed commits the
+    new source's rows as the next version."""
     key, table = "erp-orders", "erp_orders"
     keep_objects(project, [key])
     # FAILFAST: a malformed CSV row fails the task that reads it, which in a
@@ -74,7 +62,7 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
     obj = load_objects(project.configs).by_key()[key]
     files = expected_source_files(project.data, obj)
     bronze = build_bronze_asset(objects_per_run=1, threads_per_run=1)
-    table_dir = project.warehouse / table
+    name = project.table(table)
     tracker = spark.sparkContext.statusTracker()
     # One file per Spark partition (6 files -> 6 write tasks; Spark orders
     # them largest first). The malformed row goes into the smallest file, so
@@ -97,9 +85,8 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             first = run()
             assert first.success
             first_rows = spark_source_count(spark, obj, files)
-            assert spark.read.parquet(str(table_dir)).count() == first_rows
-            snapshot = tree_snapshot(table_dir)
-            [first_load] = load_dirs(table_dir)
+            assert spark.table(name).count() == first_rows
+            before = table_state(spark, name)
 
             # The next extract of the smallest file: 3 more rows (re-sent ones:
             # bronze keeps rows as they come) and one malformed row.
@@ -146,16 +133,13 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             ]
             assert [o.partition for o in observations] == [key]
             assert observations[0].metadata["status"].value == "failed"
-            # The full trace: the failing call is the Parquet write, and the
+            # The full trace: the failing call is the Delta write, and the
             # root cause the malformed record.
             trace = observations[0].metadata["traceback"].value
-            assert "MALFORMED_CSV_RECORD" in trace and ".parquet" in trace
+            assert "MALFORMED_CSV_RECORD" in trace and "saveAsTable" in trace
 
-            # The table still holds its previous complete load, byte for byte.
-            assert tree_snapshot(table_dir) == snapshot
-            assert load_dirs(table_dir) == [first_load]
-            assert spark.read.parquet(str(table_dir)).count() == first_rows
-            assert staging_leftovers(project.warehouse) == []
+            # The table is still its previous version, row for row.
+            assert table_state(spark, name) == before
 
             # Fix the source (drop the malformed row, keep the new rows): the retry heals.
             Path(victim).write_text(good + extra_rows)
@@ -163,13 +147,12 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             assert healed.success
             new_rows = spark_source_count(spark, obj, files)
             assert new_rows == first_rows + 3
-            table_df = spark.read.parquet(str(table_dir))
+            table_df = spark.table(name)
             assert table_df.count() == new_rows
-            assert [r._load_id for r in table_df.select("_load_id").distinct().collect()] == [
-                load_dirs(table_dir)[0].removeprefix("_load_id=")
+            assert [r[0] for r in table_df.select("_dagster_run_id").distinct().collect()] == [
+                healed.run_id
             ]
-            assert load_dirs(table_dir) != [first_load]
-            assert staging_leftovers(project.warehouse) == []
+            assert table_state(spark, name)[0] == before[0] + 1
             [mat] = [
                 e.step_materialization_data.materialization
                 for e in healed.all_events

@@ -1,10 +1,10 @@
-"""ingest.py against real Spark: source resolution, audit columns, re-runs,
-and the loads that must be refused while the previous load stays in place."""
+"""ingest.py against real Spark and real Delta tables: listing sources, audit
+columns, overwrite and exactly-once append, switches between them, empty
+sources, and the loads that must be refused while the previous version stays."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from pathlib import Path
@@ -16,319 +16,270 @@ from fanout_dagster.ingest import (
     AUDIT_COLUMNS,
     SourceError,
     ingest_object,
-    resolve_source_files,
+    list_source_files,
     source_load_id,
 )
 from fanout_dagster.objects import SourceSpec
-from fanout_dagster.tables import LoadRejected, ParquetTableWriter
+from fanout_dagster.tables import LoadRejected
 from fanout_dagster_tests.helpers import (
     expected_source_files,
-    load_dirs,
     local_path,
     sample_object,
     spark_source_columns,
     spark_source_count,
     spark_source_counts,
-    tree_snapshot,
 )
 
 
 @pytest.fixture
-def writer(spark, project) -> ParquetTableWriter:
-    return ParquetTableWriter(spark, str(project.warehouse))
+def writer(spark, project):
+    return project.bronze_tables().writer(spark)
 
 
-def ingest(spark, project, writer, obj, run_id):
-    return ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id=run_id)
+def ingest(spark, project, writer, obj, run_id, data_root=None):
+    root = data_root or str(project.data)
+    return ingest_object(spark, obj, data_root=root, writer=writer, run_id=run_id)
 
 
-def read_table(spark, writer, table):
-    return spark.read.parquet(str(writer.table_path(table)))
+def read_table(spark, project, obj):
+    return spark.table(project.table(obj.target.table))
 
 
-# --------------------------------------------------------------------------- resolve_source_files
+def version_of(spark, project, obj) -> int:
+    return spark.sql(f"DESCRIBE HISTORY {project.table(obj.target.table)} LIMIT 1").first().version
 
 
-def test_resolve_glob_matches_every_file_of_a_multi_file_object(project):
-    orders = sample_object(project.configs, "erp-orders")
-    files = resolve_source_files(str(project.data), orders.source)
-    assert files == expected_source_files(project.data, orders)
-    assert len(files) == len(list((project.data / "erp" / "orders").glob("orders_*.csv"))) > 1
-
-    events = sample_object(project.configs, "crm-web_events")
-    assert resolve_source_files(str(project.data), events.source) == expected_source_files(
-        project.data, events
-    )
+def source_files(project, obj) -> list[str]:
+    return expected_source_files(project.data, obj)
 
 
-def test_resolve_directory_and_recursive_glob(project):
-    orders_dir = project.data / "erp" / "orders"
-    expected = sorted(str(p.resolve()) for p in orders_dir.glob("*.csv"))
-    # A folder: its files, minus the ones Spark would skip (_SUCCESS, .crc ...).
-    (orders_dir / "_SUCCESS").write_text("")
-    (orders_dir / ".orders_2026-01.csv.crc").write_text("x")
-    (orders_dir / "_temporary").mkdir()
-    (orders_dir / "_temporary" / "part-0.csv").write_text("x")
-    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/orders")) == expected
-    # A recursive glob.
-    assert (
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv"))
-        == expected
-    )
-    # The root may be given as a file:// URI.
-    assert (
-        resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv"))
-        == expected
-    )
-
-
-def test_resolve_lists_each_file_once(project):
-    payments = sorted(str(p.resolve()) for p in (project.data / "erp" / "payments").glob("*.csv"))
-    # '**' matches the folder and each of its files.
-    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/payments/**")) == payments
-    # A symlink to a folder inside the root reaches the same files again.
-    (project.data / "erp" / "pay_alias").symlink_to(project.data / "erp" / "payments")
-    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/pay*/*.csv")) == payments
-
-
-def test_resolve_refuses_a_symlink_to_a_file_outside_the_data_root(project, tmp_path):
-    outside = tmp_path / "outside.csv"
-    outside.write_text("a,b\n1,2\n")
-    os.symlink(outside, project.data / "erp" / "stores" / "zz_link.csv")
-    with pytest.raises(SourceError, match="outside the data root") as excinfo:
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/stores/*.csv"))
-    assert "zz_link.csv" in str(excinfo.value)
-
-
-def test_resolve_refuses_a_symlinked_folder_outside_the_data_root(project, tmp_path):
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "x.csv").write_text("a,b\n1,2\n")
-    os.symlink(outside, project.data / "erp" / "linked")
-    with pytest.raises(SourceError, match="outside the data root"):
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/linked/*.csv"))
-    with pytest.raises(SourceError, match="outside the data root"):
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/linked"))
-
-
-def test_a_symlink_inside_the_data_root_is_allowed(project):
-    (project.data / "erp" / "alias").symlink_to(project.data / "erp" / "stores")
-    files = resolve_source_files(str(project.data), SourceSpec("csv", "erp/alias/*.csv"))
-    assert files == [str((project.data / "erp" / "stores" / "stores.csv").resolve())]
-
-
-def test_resolve_refuses_a_symlink_outside_the_root_inside_a_source_folder(project, tmp_path):
-    outside = tmp_path / "secret.csv"
-    outside.write_text("a,b\n1,2\n")
-    os.symlink(outside, project.data / "erp" / "stores" / "zz_link.csv")
-    with pytest.raises(SourceError, match="outside the data root"):
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/stores"))
-
-
-def test_resolve_with_glob_characters_in_the_data_root_path(tmp_path):
-    root = tmp_path / "data[v1]"
-    (root / "erp").mkdir(parents=True)
-    (root / "erp" / "x.csv").write_text("a\n1\n")
-    assert resolve_source_files(str(root), SourceSpec("csv", "erp/*.csv")) == [
-        str((root / "erp" / "x.csv").resolve())
-    ]
-
-
-def test_resolve_without_matching_files_is_a_clear_error(project):
-    with pytest.raises(SourceError) as excinfo:
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/nothing_here/*.csv"))
-    message = str(excinfo.value)
-    assert "no source files match" in message
-    assert "erp/nothing_here/*.csv" in message and str(project.data.resolve()) in message
-
-
-# --------------------------------------------------------------------------- ingest_object
-
-
-@pytest.mark.parametrize("key", ["erp-orders", "crm-web_events"])
-def test_ingest_writes_source_rows_with_audit_columns(spark, project, writer, key):
-    obj = sample_object(project.configs, key)
-    files = expected_source_files(project.data, obj)
-    source_per_file = spark_source_counts(spark, obj, files)
-    source_count = sum(source_per_file.values())
-    source_columns = spark_source_columns(spark, obj, files)
-
-    before = time.time()
-    result = ingest(spark, project, writer, obj, run_id="run-0001-aaaa")
-    after = time.time()
-
-    table = read_table(spark, writer, obj.target.table)
-    assert result.rows == source_count == table.count()
-    assert result.source_files == len(files)
-    assert result.table == obj.target.table
-    assert result.location == str(writer.table_path(obj.target.table))
-    # Data columns as in the source, then the audit columns.
-    assert table.columns == source_columns + list(AUDIT_COLUMNS)
-    assert [name for name, _ in result.columns] == table.columns
-
-    audit = table.agg(
-        F.collect_set("_dagster_run_id").alias("run_ids"),
-        F.collect_set("_partition_key").alias("keys"),
-        F.collect_set("_load_id").alias("load_ids"),
-        F.collect_set(F.col("_ingested_at").cast("double")).alias("ingested"),
-        F.collect_set("_source_file").alias("files"),
-        F.count(F.when(F.col("_source_file").isNull(), 1)).alias("no_file"),
-    ).first()
-    assert audit.run_ids == ["run-0001-aaaa"]
-    assert audit.keys == [obj.key]
-    assert sorted(audit.load_ids) == sorted(result.load_ids)  # append: one per file
-    assert len(audit.ingested) == 1 and before - 1 <= audit.ingested[0] <= after + 1
-    assert audit.no_file == 0
-    assert sorted(local_path(f) for f in audit.files) == files
-
-    # Each file's rows are tagged with that file.
-    per_file = {
-        local_path(row["_source_file"]): row["count"]
-        for row in table.groupBy("_source_file").count().collect()
-    }
-    assert per_file == source_per_file
-
-
-def test_overwrite_rerun_replaces_the_table(spark, project, writer):
-    obj = sample_object(project.configs, "erp-orders")
-    assert obj.target.mode == "overwrite"
-    source_count = spark_source_count(spark, obj, expected_source_files(project.data, obj))
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    second = ingest(spark, project, writer, obj, run_id="run-2")
-    assert first.load_ids != second.load_ids
-    table = read_table(spark, writer, obj.target.table)
-    assert table.count() == source_count
-    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={second.load_ids[0]}"]
-    assert {r._dagster_run_id for r in table.select("_dagster_run_id").distinct().collect()} == {
-        "run-2"
-    }
-
-
-def table_dir(writer, obj):
-    return writer.table_path(obj.target.table)
-
-
-def file_load_id(project, path) -> str:
-    return source_load_id(Path(path).resolve().relative_to(project.data.resolve()).as_posix())
-
-
-def load_dir(writer, obj, load_id):
-    return table_dir(writer, obj) / f"_load_id={load_id}"
-
-
-def rows_per_file(spark, writer, obj) -> dict[str, int]:
-    table = read_table(spark, writer, obj.target.table)
+def rows_per_file(spark, project, obj) -> dict[str, int]:
+    table = read_table(spark, project, obj)
     return {
         local_path(r["_source_file"]): r["count"]
         for r in table.groupBy("_source_file").count().collect()
     }
 
 
-def test_append_keeps_one_load_per_source_file(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    assert obj.target.mode == "append"
-    files = expected_source_files(project.data, obj)
-    result = ingest(spark, project, writer, obj, run_id="run-1")
-
-    ids = [file_load_id(project, f) for f in files]
-    assert sorted(result.load_ids) == sorted(ids) and len(set(ids)) == len(files) > 1
-    assert load_dirs(table_dir(writer, obj)) == sorted(f"_load_id={i}" for i in ids)
-    table = read_table(spark, writer, obj.target.table)
-    # Each file's rows carry that file's load id.
-    by_file = {
-        local_path(r._source_file): r._load_id
-        for r in table.select("_source_file", "_load_id").distinct().collect()
-    }
-    assert by_file == dict(zip(files, ids, strict=True))
-    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
-    assert (
-        result.rows == result.rows_written == table.count() == spark_source_count(spark, obj, files)
-    )
-    assert result.source_files == result.files_written == len(files)
-    assert [name for name, _ in result.columns] == table.columns
-    # The hidden marker records what each load was made from.
-    stat = os.stat(files[0])
-    marker = (load_dir(writer, obj, ids[0]) / "_SOURCE").read_text()
-    assert marker == f"size={stat.st_size} mtime_ns={stat.st_mtime_ns} config={obj.config_hash}"
+def file_load_id(project, path) -> str:
+    return source_load_id(Path(path).resolve().relative_to(project.data.resolve()).as_posix())
 
 
-def test_append_rerun_with_unchanged_files_is_a_no_op(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(table_dir(writer, obj))
-    second = ingest(spark, project, writer, obj, run_id="run-2")
-
-    assert (second.rows_written, second.files_written, second.load_ids) == (0, 0, ())
-    assert second.rows == first.rows == read_table(spark, writer, obj.target.table).count()
-    assert second.source_files == first.source_files
-    assert second.columns == first.columns
-    assert tree_snapshot(table_dir(writer, obj)) == snapshot
-    runs = (
-        read_table(spark, writer, obj.target.table).select("_dagster_run_id").distinct().collect()
-    )
-    assert [r._dagster_run_id for r in runs] == ["run-1"]
+def with_source(obj, **changes):
+    return dataclasses.replace(obj, source=dataclasses.replace(obj.source, **changes))
 
 
-def add_payments_file(project):
+def with_target(obj, **changes):
+    return dataclasses.replace(obj, target=dataclasses.replace(obj.target, **changes))
+
+
+def add_payments_file(project, name="payments_2026-07.csv"):
     folder = project.data / "erp" / "payments"
     june = (folder / "payments_2026-06.csv").read_text().splitlines()
     # A new month: the June rows with new ids.
     rows = [june[0]] + [f"9{line}" for line in june[1:]]
-    new = folder / "payments_2026-07.csv"
+    new = folder / name
     new.write_text("\n".join(rows) + "\n")
     return new
 
 
-def test_append_with_a_new_source_file_writes_only_its_load(spark, project, writer):
+# --------------------------------------------------------------------------- listing
+
+
+def test_list_matches_every_file_of_a_multi_file_object(spark, project):
+    orders = sample_object(project.configs, "erp-orders")
+    files = list_source_files(spark, str(project.data), orders.source)
+    assert [f.path for f in files] == source_files(project, orders)
+    assert len(files) == len(list((project.data / "erp" / "orders").glob("orders_*.csv"))) > 1
+    for f in files:
+        stat = Path(f.path).stat()
+        assert (f.size, f.modified_ms) == (stat.st_size, stat.st_mtime_ns // 1_000_000)
+        assert f.relative == Path(f.path).relative_to(project.data.resolve()).as_posix()
+
+
+def test_list_a_directory_reads_every_file_below_it(spark, tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.csv", "a/b/y.csv", "a/_SUCCESS", "a/.hidden.csv"):
+        (root / name).write_text("id\n1\n")
+    files = list_source_files(spark, str(root), SourceSpec("csv", "a"))
+    assert [f.relative for f in files] == ["a/b/y.csv", "a/x.csv"]
+
+
+def test_list_refuses_symlinks_leading_outside_the_data_root(spark, tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "erp").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.csv").write_text("a\n1\n")
+    (root / "erp" / "link.csv").symlink_to(outside / "secret.csv")
+    with pytest.raises(SourceError, match="leads outside the data root"):
+        list_source_files(spark, str(root), SourceSpec("csv", "erp/*.csv"))
+    (root / "erp" / "link.csv").unlink()
+    (root / "erp" / "dir").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SourceError, match="leads outside the data root"):
+        list_source_files(spark, str(root), SourceSpec("csv", "erp/dir"))
+
+
+def test_a_symlink_inside_the_root_is_read_once(spark, tmp_path):
+    root = tmp_path / "root"
+    (root / "erp").mkdir(parents=True)
+    (root / "erp" / "x.csv").write_text("a\n1\n")
+    (root / "erp" / "y.csv").symlink_to(root / "erp" / "x.csv")
+    files = list_source_files(spark, str(root), SourceSpec("csv", "erp/*.csv"))
+    assert [f.relative for f in files] == ["erp/x.csv"]
+
+
+def test_list_without_matching_files_is_a_clear_error(spark, project):
+    with pytest.raises(SourceError) as excinfo:
+        list_source_files(spark, str(project.data), SourceSpec("csv", "erp/nothing_here/*.csv"))
+    assert "no source files match 'erp/nothing_here/*.csv'" in str(excinfo.value)
+
+
+def test_a_uri_root_is_listed_by_spark_with_the_same_files(spark, project):
+    obj = sample_object(project.configs, "erp-payments")
+    local = list_source_files(spark, str(project.data), obj.source)
+    remote = list_source_files(spark, project.data.resolve().as_uri(), obj.source)
+    assert [f.relative for f in remote] == [f.relative for f in local]
+    assert [(f.size, f.modified_ms) for f in remote] == [(f.size, f.modified_ms) for f in local]
+
+
+# --------------------------------------------------------------------------- overwrite
+
+
+@pytest.mark.parametrize("key", ["erp-orders", "crm-web_events"])
+def test_ingest_writes_source_rows_with_audit_columns(spark, project, writer, key):
+    obj = sample_object(project.configs, key)
+    files = source_files(project, obj)
+    source_per_file = spark_source_counts(spark, obj, files)
+
+    before = time.time()
+    result = ingest(spark, project, writer, obj, run_id="run-0001-aaaa")
+    after = time.time()
+
+    table = read_table(spark, project, obj)
+    assert result.table == project.table(obj.target.table)
+    assert result.rows == sum(source_per_file.values()) == table.count() == result.rows_written
+    assert (result.version, result.written) == (0, True)
+    assert result.source_files == result.files_read == len(files)
+    # Data columns as in the source, then the audit columns.
+    assert table.columns == spark_source_columns(spark, obj, files) + list(AUDIT_COLUMNS)
+    assert [name for name, _ in result.columns] == table.columns
+
+    audit = table.agg(
+        F.collect_set("_dagster_run_id").alias("run_ids"),
+        F.collect_set("_partition_key").alias("keys"),
+        F.collect_set("_source_hash").alias("hashes"),
+        F.collect_set(F.col("_ingested_at").cast("double")).alias("ingested"),
+    ).first()
+    assert audit.run_ids == ["run-0001-aaaa"] and audit.keys == [obj.key]
+    assert audit.hashes == [obj.source_hash]
+    assert len(audit.ingested) == 1 and before - 1 <= audit.ingested[0] <= after + 1
+    # Each file's rows are tagged with that file, its load id, size and time.
+    assert rows_per_file(spark, project, obj) == source_per_file
+    for row in (
+        table.groupBy("_source_file", "_load_id", "_source_size", "_source_modified")
+        .count()
+        .collect()
+    ):
+        path = Path(local_path(row._source_file))
+        assert row._load_id == file_load_id(project, path)
+        assert row._source_size == path.stat().st_size
+        assert int(row._source_modified.timestamp() * 1000) == path.stat().st_mtime_ns // 1_000_000
+
+
+def test_overwrite_rerun_replaces_the_table_in_a_new_version(spark, project, writer):
+    obj = sample_object(project.configs, "erp-orders")
+    assert obj.target.mode == "overwrite"
+    count = spark_source_count(spark, obj, source_files(project, obj))
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert (first.version, second.version) == (0, 1)
+    table = read_table(spark, project, obj)
+    assert table.count() == count == second.rows
+    assert [r[0] for r in table.select("_dagster_run_id").distinct().collect()] == ["run-2"]
+    # Time travel: the first load is still there as version 0.
+    old = spark.sql(f"SELECT count(*) AS n FROM {project.table(obj.target.table)} VERSION AS OF 0")
+    assert old.first().n == count
+
+
+def test_the_table_is_known_by_its_name_to_a_new_spark_process(spark, project, writer, tmp_path):
+    """Another Spark process on the same warehouse (a shell, the next run) finds
+    `<schema>.<table>` by name."""
+    import subprocess
+    import sys
+
+    obj = sample_object(project.configs, "erp-stores")
+    result = ingest(spark, project, writer, obj, run_id="run-1")
+    warehouse = spark.conf.get("spark.sql.warehouse.dir")
+    script = (
+        "from fanout_dagster.resources.spark import LocalSparkResource\n"
+        f"spark = LocalSparkResource(warehouse_dir={warehouse!r}).get_session()\n"
+        f"print('ROWS', spark.table({result.table!r}).count())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert f"ROWS {result.rows}" in out.stdout, out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- append, exactly once
+
+
+def test_append_ingests_each_file_once_and_a_rerun_commits_nothing(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    assert obj.target.mode == "append"
+    files = source_files(project, obj)
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    assert sorted(first.load_ids) == sorted(file_load_id(project, f) for f in files)
+    assert first.files_read == first.source_files == len(files) > 1
+    assert rows_per_file(spark, project, obj) == spark_source_counts(spark, obj, files)
+
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert (second.written, second.files_read, second.rows_written, second.load_ids) == (
+        False,
+        0,
+        0,
+        (),
+    )
+    assert second.version == first.version == version_of(spark, project, obj)
+    assert second.rows == first.rows == read_table(spark, project, obj).count()
+
+
+def test_append_reads_only_a_new_file(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     first = ingest(spark, project, writer, obj, run_id="run-1")
-    before = tree_snapshot(table_dir(writer, obj))
-
     new = add_payments_file(project)
-    files = expected_source_files(project.data, obj)
     second = ingest(spark, project, writer, obj, run_id="run-2")
-
-    new_id = file_load_id(project, new)
-    assert second.load_ids == (new_id,) and second.files_written == 1
-    assert second.source_files == len(files) == first.source_files + 1
     new_rows = spark_source_count(spark, obj, [str(new.resolve())])
-    assert second.rows_written == new_rows
-    assert (
-        second.rows == first.rows + new_rows == read_table(spark, writer, obj.target.table).count()
+    assert second.load_ids == (file_load_id(project, new),) and second.files_read == 1
+    assert second.rows_written == new_rows and second.rows == first.rows + new_rows
+    assert second.version == first.version + 1
+    assert rows_per_file(spark, project, obj) == spark_source_counts(
+        spark, obj, source_files(project, obj)
     )
-    # The earlier loads are untouched; the new one is added beside them.
-    after = tree_snapshot(table_dir(writer, obj))
-    assert {k: v for k, v in after.items() if not k.startswith(f"_load_id={new_id}/")} == before
-    assert load_dirs(table_dir(writer, obj)) == sorted(
-        f"_load_id={file_load_id(project, f)}" for f in files
-    )
+    runs = {
+        local_path(r._source_file): r._dagster_run_id
+        for r in read_table(spark, project, obj)
+        .select("_source_file", "_dagster_run_id")
+        .distinct()
+        .collect()
+    }
+    assert {f for f, run in runs.items() if run == "run-2"} == {str(new.resolve())}
 
 
-def test_append_with_a_new_source_file_keeps_each_source_row_once(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    ingest(spark, project, writer, obj, run_id="run-1")
-    add_payments_file(project)
-    ingest(spark, project, writer, obj, run_id="run-2")
-    files = expected_source_files(project.data, obj)
-    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
-
-
-def test_append_with_a_changed_file_replaces_its_load(spark, project, writer):
+def test_append_replaces_exactly_the_rows_of_a_changed_file(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     ingest(spark, project, writer, obj, run_id="run-1")
     changed = project.data / "erp" / "payments" / "payments_2026-03.csv"
     header, *rows = changed.read_text().splitlines()
-    changed.write_text(
-        "\n".join([header] + rows[: len(rows) // 2]) + "\n"
-    )  # a corrected, shorter extract
+    changed.write_text("\n".join([header] + rows[: len(rows) // 2]) + "\n")  # a corrected extract
 
     result = ingest(spark, project, writer, obj, run_id="run-2")
-    files = expected_source_files(project.data, obj)
     assert result.load_ids == (file_load_id(project, changed),)
     assert result.rows_written == len(rows) // 2
-    # The file's latest version wins, and only its rows were rewritten.
-    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
-    table = read_table(spark, writer, obj.target.table)
+    files = source_files(project, obj)
+    assert rows_per_file(spark, project, obj) == spark_source_counts(spark, obj, files)
+    table = read_table(spark, project, obj)
     runs = {
         local_path(r._source_file): r._dagster_run_id
         for r in table.select("_source_file", "_dagster_run_id").distinct().collect()
@@ -340,81 +291,29 @@ def test_append_keeps_the_rows_of_a_file_that_left_the_source(spark, project, wr
     obj = sample_object(project.configs, "erp-payments")
     first = ingest(spark, project, writer, obj, run_id="run-1")
     gone = project.data / "erp" / "payments" / "payments_2026-01.csv"
+    gone_rows = spark_source_count(spark, obj, [str(gone.resolve())])
     gone.unlink()
     add_payments_file(project)
     second = ingest(spark, project, writer, obj, run_id="run-2")
-    assert second.files_written == 1 and second.source_files == first.source_files
-    assert file_load_id(project, gone) in {
-        d.removeprefix("_load_id=") for d in load_dirs(table_dir(writer, obj))
-    }
+    assert second.files_read == 1 and second.source_files == first.source_files
+    assert rows_per_file(spark, project, obj)[str(gone.resolve())] == gone_rows
     assert (
-        second.rows
-        == first.rows + second.rows_written
-        == read_table(spark, writer, obj.target.table).count()
+        second.rows == first.rows + second.rows_written == read_table(spark, project, obj).count()
     )
 
 
-def test_append_rereads_every_file_when_the_object_config_changes(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    # Another reader option: every load was made with the old config.
-    changed = dataclasses.replace(
-        obj,
-        source=dataclasses.replace(
-            obj.source, options={**obj.source.options, "mode": "PERMISSIVE"}
-        ),
-    )
-    assert changed.config_hash != obj.config_hash
-    second = ingest(spark, project, writer, changed, run_id="run-2")
-    assert sorted(second.load_ids) == sorted(first.load_ids)
-    assert (
-        second.rows
-        == second.rows_written
-        == first.rows
-        == read_table(spark, writer, obj.target.table).count()
-    )
-
-
-def test_append_with_a_new_file_without_rows(spark, project, writer):
+def test_a_new_file_without_rows_is_fine(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
     first = ingest(spark, project, writer, obj, run_id="run-1")
     folder = project.data / "erp" / "payments"
-    empty = folder / "payments_2026-07.csv"
-    empty.write_text((folder / "payments_2026-06.csv").read_text().splitlines()[0] + "\n")
-
+    (folder / "payments_2026-07.csv").write_text(
+        (folder / "payments_2026-06.csv").read_text().splitlines()[0] + "\n"
+    )
     second = ingest(spark, project, writer, obj, run_id="run-2")
-    assert (second.files_written, second.rows_written, second.rows) == (1, 0, first.rows)
-    # Its load is recorded (no rows, a marker), so the next run does not read it again.
-    assert (load_dir(writer, obj, file_load_id(project, empty)) / "_SOURCE").exists()
-    assert str(empty.resolve()) not in rows_per_file(spark, writer, obj)
-    assert ingest(spark, project, writer, obj, run_id="run-3").files_written == 0
+    assert (second.files_read, second.rows_written, second.rows) == (1, 0, first.rows)
 
 
-def test_append_of_a_source_without_rows_is_refused(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    for source in (project.data / "erp" / "payments").glob("*.csv"):
-        source.write_text(source.read_text().splitlines()[0] + "\n")
-    with pytest.raises(LoadRejected, match="no rows") as excinfo:
-        ingest(spark, project, writer, obj, run_id="run-1")
-    assert "erp_payments" in str(excinfo.value)
-    assert not table_dir(writer, obj).exists()
-    assert list((writer.warehouse / "_staging").glob("*")) == []
-
-
-def test_append_refuses_a_schema_change_in_a_new_file(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(table_dir(writer, obj))
-    new = add_payments_file(project)
-    header, *rows = new.read_text().splitlines()
-    new.write_text("\n".join([header + ",channel"] + [row + ",web" for row in rows]) + "\n")
-
-    with pytest.raises(LoadRejected, match="added channel"):
-        ingest(spark, project, writer, obj, run_id="run-2")
-    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
-
-
-def test_append_file_names_that_need_escaping(spark, project, writer):
+def test_file_names_that_need_escaping_get_the_right_load_ids(spark, project, writer):
     """Spark names each row's file by URI ('a%20b'); the load id it computes from
     it must be the one this side computed from the path."""
     obj = sample_object(project.configs, "erp-payments")
@@ -426,133 +325,169 @@ def test_append_file_names_that_need_escaping(spark, project, writer):
         "payments_[é]{a,b}.csv",
     ):
         shutil.copy(june, folder / name)
-    files = expected_source_files(project.data, obj)
+    files = source_files(project, obj)
     result = ingest(spark, project, writer, obj, run_id="run-1")
-    assert result.files_written == len(files) == 9
-    assert load_dirs(table_dir(writer, obj)) == sorted(
-        f"_load_id={file_load_id(project, f)}" for f in files
-    )
-    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
+    assert result.files_read == len(files) == 9
+    ids = {
+        local_path(r._source_file): r._load_id
+        for r in read_table(spark, project, obj)
+        .select("_source_file", "_load_id")
+        .distinct()
+        .collect()
+    }
+    assert ids == {f: file_load_id(project, f) for f in files}
+    # ... so the next run finds every file ingested.
+    assert ingest(spark, project, writer, obj, run_id="run-2").files_read == 0
 
 
-def test_ingest_with_glob_characters_in_the_data_root(spark, project, tmp_path):
+def test_glob_characters_in_the_data_root(spark, project, writer, tmp_path):
     root = tmp_path / "data[v1]{x}"
     shutil.copytree(project.data, root)
-    writer = ParquetTableWriter(spark, str(tmp_path / "warehouse"))
     for key in ("erp-payments", "erp-orders"):
         obj = sample_object(project.configs, key)
-        result = ingest_object(spark, obj, data_root=str(root), writer=writer, run_id="run-1")
-        assert result.rows == spark_source_count(
-            spark, obj, expected_source_files(project.data, obj)
-        )
+        result = ingest(spark, project, writer, obj, run_id="run-1", data_root=str(root))
+        assert result.rows == spark_source_count(spark, obj, source_files(project, obj))
 
 
-def test_every_resolved_file_is_loaded(spark, project, writer):
-    stores = project.data / "erp" / "stores"
-    shutil.copy(stores / "stores.csv", stores / "_late_extract.csv")
-    obj = sample_object(project.configs, "erp-stores")
-    resolved = resolve_source_files(str(project.data), obj.source)
-    result = ingest(spark, project, writer, obj, run_id="run-1")
-    table = read_table(spark, writer, obj.target.table)
-    loaded = sorted(
-        local_path(r._source_file) for r in table.select("_source_file").distinct().collect()
+def test_append_from_a_uri_root_is_exactly_once_too(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    root = project.data.resolve().as_uri()
+    first = ingest(spark, project, writer, obj, run_id="run-1", data_root=root)
+    new = add_payments_file(project)
+    second = ingest(spark, project, writer, obj, run_id="run-2", data_root=root)
+    assert second.load_ids == (file_load_id(project, new),)
+    assert first.files_read == len(source_files(project, obj)) - 1
+    assert rows_per_file(spark, project, obj) == spark_source_counts(
+        spark, obj, source_files(project, obj)
     )
-    assert loaded == resolved
-    assert result.source_files == len(loaded)
+
+
+# --------------------------------------------------------------------------- switches
+
+
+def assert_each_source_row_once(spark, project, obj):
+    files = source_files(project, obj)
+    assert rows_per_file(spark, project, obj) == spark_source_counts(spark, obj, files)
+    assert read_table(spark, project, obj).count() == spark_source_count(spark, obj, files)
+
+
+def test_switching_overwrite_to_append_and_back_never_leaves_a_row_twice(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    as_overwrite = with_target(obj, mode="overwrite")
+    ingest(spark, project, writer, as_overwrite, run_id="run-1")
+    assert_each_source_row_once(spark, project, obj)
+    # To append: the files the overwrite load read are known, only new ones are read.
+    new = add_payments_file(project)
+    switched = ingest(spark, project, writer, obj, run_id="run-2")
+    assert switched.load_ids == (file_load_id(project, new),)
+    assert_each_source_row_once(spark, project, obj)
+    # And back: the table is exactly the source again.
+    ingest(spark, project, writer, as_overwrite, run_id="run-3")
+    assert_each_source_row_once(spark, project, obj)
+
+
+def test_changing_the_source_path_or_format_reloads_the_table(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    ingest(spark, project, writer, obj, run_id="run-1")
+    # The same rows, moved to another folder and another format.
+    moved = project.data / "erp" / "payments_parquet"
+    moved.mkdir()
+    for f in source_files(project, obj):
+        spark.read.csv(f, header=True).coalesce(1).write.parquet(str(moved / Path(f).stem))
+    as_parquet = with_source(obj, format="parquet", path="erp/payments_parquet", options={})
+    result = ingest(spark, project, writer, as_parquet, run_id="run-2")
+    assert result.reloaded and result.files_read == result.source_files
+    table = read_table(spark, project, obj)
+    rows = spark.read.option("recursiveFileLookup", "true").parquet(str(moved)).count()
+    assert table.count() == rows == result.rows
+    assert [r[0] for r in table.select("_source_hash").distinct().collect()] == [
+        as_parquet.source_hash
+    ]
+    # Back to the CSV path: reloaded again, each row once.
+    ingest(spark, project, writer, obj, run_id="run-3")
+    assert_each_source_row_once(spark, project, obj)
+
+
+# --------------------------------------------------------------------------- empty sources
+
+
+def header_only(path: Path) -> None:
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def test_an_empty_source_fails_by_default_and_keeps_the_previous_version(spark, project, writer):
+    obj = sample_object(project.configs, "erp-stores")
+    assert obj.target.on_empty == "fail"
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    header_only(project.data / "erp" / "stores" / "stores.csv")
+    with pytest.raises(LoadRejected, match="no rows") as excinfo:
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert project.table("erp_stores") in str(excinfo.value)
+    assert version_of(spark, project, obj) == first.version
+    assert read_table(spark, project, obj).count() == first.rows
+
+
+def test_an_empty_append_source_fails_and_creates_nothing(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    for source in (project.data / "erp" / "payments").glob("*.csv"):
+        header_only(source)
+    with pytest.raises(LoadRejected, match="no rows"):
+        ingest(spark, project, writer, obj, run_id="run-1")
+    assert not spark.catalog.tableExists(project.table("erp_payments"))
+
+
+def test_an_allowed_empty_source_commits_an_empty_table_with_the_source_columns(
+    spark, project, writer
+):
+    obj = with_target(sample_object(project.configs, "erp-stores"), on_empty="allow")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    source = project.data / "erp" / "stores" / "stores.csv"
+    columns = source.read_text().splitlines()[0].split(",")
+    header_only(source)
+    emptied = ingest(spark, project, writer, obj, run_id="run-2")
+    assert (emptied.version, emptied.rows, emptied.rows_written) == (first.version + 1, 0, 0)
+    assert read_table(spark, project, obj).columns[: len(columns)] == columns
+    # A first load of an empty source creates the table.
+    fresh = with_target(obj, table="erp_stores_empty")
+    created = ingest(spark, project, writer, fresh, run_id="run-3")
+    assert (created.version, created.rows) == (0, 0)
+    assert spark.table(project.table("erp_stores_empty")).columns[: len(columns)] == columns
+
+
+def test_an_empty_jsonl_has_no_columns_and_is_refused(spark, project, writer):
+    obj = sample_object(project.configs, "crm-campaigns")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    (project.data / "crm" / "campaigns" / "campaigns.jsonl").write_text("")
+    with pytest.raises(SourceError, match="no columns"):
+        ingest(spark, project, writer, obj, run_id="run-2")
+    assert version_of(spark, project, obj) == first.version
 
 
 # --------------------------------------------------------------------------- refused loads
 
 
-def assert_unchanged(spark, writer, table, snapshot, count):
-    assert tree_snapshot(writer.table_path(table)) == snapshot
-    assert read_table(spark, writer, table).count() == count
-    assert list((writer.warehouse / "_staging").glob("*")) == []
-
-
-def test_header_only_csv_is_refused_and_the_previous_load_stays(spark, project, writer):
-    obj = sample_object(project.configs, "erp-stores")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(writer.table_path(obj.target.table))
-    source = project.data / "erp" / "stores" / "stores.csv"
-    source.write_text(source.read_text().splitlines()[0] + "\n")
-
-    with pytest.raises(LoadRejected, match="no rows") as excinfo:
-        ingest(spark, project, writer, obj, run_id="run-2")
-    assert "erp_stores" in str(excinfo.value)
-    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
-
-
-def test_empty_jsonl_is_refused_and_the_previous_load_stays(spark, project, writer):
-    obj = sample_object(project.configs, "crm-campaigns")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(writer.table_path(obj.target.table))
-    (project.data / "crm" / "campaigns" / "campaigns.jsonl").write_text("")
-
-    with pytest.raises(SourceError, match="no columns") as excinfo:
-        ingest(spark, project, writer, obj, run_id="run-2")
-    assert "crm/campaigns/*.jsonl" in str(excinfo.value) and "empty" in str(excinfo.value)
-    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
-
-
-def test_a_changed_schema_is_refused_naming_the_column(spark, project, writer):
-    obj = sample_object(project.configs, "erp-stores")
-    first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(writer.table_path(obj.target.table))
-    source = project.data / "erp" / "stores" / "stores.csv"
-    header, *rows = source.read_text().splitlines()
-    source.write_text("\n".join([header + ",region"] + [row + ",emea" for row in rows]) + "\n")
-
-    with pytest.raises(LoadRejected) as excinfo:
-        ingest(spark, project, writer, obj, run_id="run-2")
-    message = str(excinfo.value)
-    assert "schema" in message and "added region" in message and "erp_stores" in message
-    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
-
-
-def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(
+def test_a_read_that_fails_half_way_keeps_the_previous_version_and_a_retry_heals(
     spark, project, writer
 ):
     sample = sample_object(project.configs, "erp-orders")
-    obj = dataclasses.replace(
-        sample,
-        source=dataclasses.replace(
-            sample.source, options={**sample.source.options, "mode": "FAILFAST"}
-        ),
-    )
-    files = expected_source_files(project.data, obj)
+    obj = with_source(sample, options={**sample.source.options, "mode": "FAILFAST"})
+    files = source_files(project, obj)
     first = ingest(spark, project, writer, obj, run_id="run-1")
-    snapshot = tree_snapshot(writer.table_path(obj.target.table))
 
-    # One of the later files gets a malformed row (too many fields).
     victim = project.data / "erp" / "orders" / "orders_2026-05.csv"
     good = victim.read_text()
     victim.write_text(good + "999,SO-BROKEN,1,2,3,4,5,6,7,8,9,10,11,12,13,14\n")
     with pytest.raises(Exception) as excinfo:
         ingest(spark, project, writer, obj, run_id="run-2")
     assert "malformed" in str(excinfo.value).lower() or "FAILFAST" in str(excinfo.value)
-    assert_unchanged(spark, writer, obj.target.table, snapshot, first.rows)
+    assert version_of(spark, project, obj) == first.version
+    assert read_table(spark, project, obj).count() == first.rows
 
     victim.write_text(good)
     healed = ingest(spark, project, writer, obj, run_id="run-3")
-    table = read_table(spark, writer, obj.target.table)
-    assert healed.rows == table.count() == spark_source_count(spark, obj, files)
-    assert load_dirs(writer.table_path(obj.target.table)) == [f"_load_id={healed.load_ids[0]}"]
-
-
-def test_append_from_a_root_that_spark_lists(spark, project, writer, monkeypatch):
-    """Remote roots (dbfs:/, abfss://) are listed by Spark: no fingerprints to
-    compare, so every run re-reads every file, and each still lands once."""
-    import fanout_dagster.ingest as ingest_module
-
-    monkeypatch.setattr(ingest_module, "is_local_root", lambda root: False)
-    obj = sample_object(project.configs, "erp-payments")
-    root = f"file://{project.data.resolve()}"
-    first = ingest_object(spark, obj, data_root=root, writer=writer, run_id="run-1")
-    add_payments_file(project)
-    second = ingest_object(spark, obj, data_root=root, writer=writer, run_id="run-2")
-
-    files = expected_source_files(project.data, obj)
-    assert second.files_written == second.source_files == len(files) == first.files_written + 1
-    assert sorted(second.load_ids) == sorted(file_load_id(project, f) for f in files)
-    assert rows_per_file(spark, writer, obj) == spark_source_counts(spark, obj, files)
+    assert healed.version == first.version + 1
+    assert (
+        healed.rows
+        == read_table(spark, project, obj).count()
+        == spark_source_count(spark, obj, files)
+    )

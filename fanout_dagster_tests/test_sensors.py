@@ -17,9 +17,8 @@ from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import record_clusters, recorded_clusters
 from fanout_dagster.sensors import build_object_sensor
-from fanout_dagster.tables import ParquetTableWriter
 from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
-from fanout_dagster_tests.helpers import ListHandler, replace_once, tree_snapshot
+from fanout_dagster_tests.helpers import ListHandler, replace_once, table_state, tree_snapshot
 
 NEW_OBJECT = """\
 code: hr
@@ -186,11 +185,11 @@ def test_an_invalid_file_does_not_hold_back_the_valid_ones(instance, project):
 def test_removing_a_config_runs_nothing_and_deletes_nothing(instance, project, spark):
     # erp-stores has been loaded into bronze.
     objects = load_objects(project.configs).by_key()
-    writer = ParquetTableWriter(spark, str(project.warehouse))
+    writer = project.bronze_tables().writer(spark)
     ingest_object(
         spark, objects["erp-stores"], data_root=str(project.data), writer=writer, run_id="r1"
     )
-    bronze_before = tree_snapshot(project.warehouse / "erp_stores")
+    bronze_before = table_state(spark, project.table("erp_stores"))
     source_before = tree_snapshot(project.data)
     assert bronze_before
 
@@ -204,7 +203,7 @@ def test_removing_a_config_runs_nothing_and_deletes_nothing(instance, project, s
     assert "erp-stores" in partitions(instance)
     warnings = second.logs.messages(logging.WARNING)
     assert any(m.startswith("erp-stores: no valid config") for m in warnings), warnings
-    assert tree_snapshot(project.warehouse / "erp_stores") == bronze_before
+    assert table_state(spark, project.table("erp_stores")) == bronze_before
     assert tree_snapshot(project.data) == source_before
 
 

@@ -1,332 +1,225 @@
-"""ParquetTableWriter against real Spark: atomic loads, refusals, recovery."""
+"""The bronze Delta writer against real Spark: one transaction per write, the
+commit found in the table's history, files the table holds, and a writer
+process killed in the middle of its write."""
 
 from __future__ import annotations
 
 import os
-import uuid
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-from fanout_dagster.objects import load_objects
+from fanout_dagster.ingest import AUDIT_COLUMNS, ingest_object
+from fanout_dagster.local_spark import delta_package, table_location, warehouse_dir
 from fanout_dagster.packing import run_pack
-from fanout_dagster.tables import LoadRejected, ParquetTableWriter, describe_schema_change
-from fanout_dagster_tests.helpers import load_dirs, tree_snapshot
+from fanout_dagster.tables import FileState, LoadRejected, commit_tag, quote
+from fanout_dagster_tests.helpers import sample_object, spark_source_count
 
 
 @pytest.fixture
-def writer(spark, tmp_path) -> ParquetTableWriter:
-    return ParquetTableWriter(spark, str(tmp_path / "warehouse" / "bronze"))
+def writer(spark, project):
+    return project.bronze_tables().writer(spark)
 
 
-def frame(spark, start: int, stop: int, partitions: int = 2):
-    return spark.range(start, stop, numPartitions=partitions).select(
+def frame(spark, start: int, stop: int):
+    return spark.range(start, stop, numPartitions=2).select(
         F.col("id"), (F.col("id") * 2).alias("doubled")
     )
 
 
-def table_ids(spark, writer, table) -> list[int]:
-    return sorted(
-        r.id for r in spark.read.parquet(str(writer.table_path(table))).select("id").collect()
+def test_the_delta_coordinates_are_those_delta_pip_helper_sets():
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    builder = configure_spark_with_delta_pip(SparkSession.builder)
+    assert builder._options["spark.jars.packages"] == delta_package()
+
+
+def test_overwrite_commits_one_version_with_its_metrics_and_tag(spark, project, writer):
+    first = writer.overwrite(
+        frame(spark, 0, 10), table="t", mode="addNewColumns", allow_empty=False, tag="a"
     )
-
-
-def staging_is_empty(writer) -> bool:
-    return list((writer.warehouse / "_staging").glob("*")) == []
-
-
-def append(writer, df, table, load_id, fingerprint="fp"):
-    """An append of one load, as ingest does it for one source file."""
-    return writer.append(
-        df.withColumn("_load_id", F.lit(load_id)), table=table, sources={load_id: fingerprint}
+    second = writer.overwrite(
+        frame(spark, 0, 25), table="t", mode="addNewColumns", allow_empty=False, tag="b"
     )
+    assert (first.version, second.version) == (0, 1)
+    assert (second.rows, second.rows_written, second.written) == (25, 25, True)
+    assert second.files_written >= 1 and second.table == project.table("t")
+    history = spark.sql(f"DESCRIBE HISTORY {project.table('t')}").collect()
+    assert [(h.version, h.userMetadata) for h in history] == [(1, "b"), (0, "a")]
 
 
-# --------------------------------------------------------------------------- schema change
+def test_replace_files_replaces_only_the_rows_of_the_files_given(spark, project, writer):
+    def rows(load_id, n):
+        return frame(spark, 0, n).withColumn("_load_id", F.lit(load_id))
 
-
-def test_describe_schema_change():
-    old = StructType(
-        [
-            StructField("a", LongType()),
-            StructField("b", StringType()),
-            StructField("_load_id", StringType()),
-        ]
+    writer.replace_files(
+        rows("f1", 3).unionByName(rows("f2", 4)),
+        table="t",
+        load_ids=["f1", "f2"],
+        mode="addNewColumns",
+        allow_empty=False,
+        tag="x",
     )
-    assert describe_schema_change(old, StructType(old.fields[:2])) is None  # _load_id ignored
-    new = StructType([StructField("a", IntegerType()), StructField("c", StringType())])
-    assert describe_schema_change(old, new) == "added c; removed b; changed a bigint->int"
+    commit = writer.replace_files(
+        rows("f2", 2), table="t", load_ids=["f2"], mode="addNewColumns", allow_empty=False, tag="y"
+    )
+    counts = dict(spark.table(project.table("t")).groupBy("_load_id").count().collect())
+    assert counts == {"f1": 3, "f2": 2}
+    assert (commit.rows, commit.rows_written, commit.version) == (5, 2, 1)
+    # Nothing to replace: nothing committed, the table reported as it is.
+    same = writer.replace_files(
+        None, table="t", load_ids=[], mode="addNewColumns", allow_empty=False, tag="z"
+    )
+    assert (same.written, same.version, same.rows) == (False, 1, 5)
 
 
-def test_a_changed_column_type_is_refused(spark, writer):
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
-    changed = frame(spark, 0, 10).withColumn("doubled", F.col("doubled").cast("string"))
-    with pytest.raises(LoadRejected, match=r"changed doubled bigint->string"):
-        writer.overwrite(changed, table="t", load_id="r2")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-    # An append load is checked against the table's other loads.
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    snapshot = tree_snapshot(writer.table_path("a"))
-    with pytest.raises(LoadRejected, match=r"changed doubled bigint->string"):
-        append(writer, changed, "a", "f2")
-    assert tree_snapshot(writer.table_path("a")) == snapshot
-    assert staging_is_empty(writer)
-
-
-def test_a_write_that_would_leave_the_table_empty_is_refused(spark, writer):
+def test_a_write_that_would_leave_the_table_empty_is_refused(spark, project, writer):
     with pytest.raises(LoadRejected, match="no rows"):
-        append(writer, frame(spark, 0, 0), "a", "f1")
-    assert not writer.table_path("a").exists()
-
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
-    with pytest.raises(LoadRejected, match="no rows"):
-        writer.overwrite(frame(spark, 0, 0), table="t", load_id="r2")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-
-    # An append whose only load becomes empty would empty the table too.
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    snapshot = tree_snapshot(writer.table_path("a"))
-    with pytest.raises(LoadRejected, match="no rows"):
-        append(writer, frame(spark, 0, 0), "a", "f1", "fp2")
-    assert tree_snapshot(writer.table_path("a")) == snapshot
-    assert staging_is_empty(writer)
-
-
-def test_an_empty_append_load_replaces_its_folder_and_keeps_the_others(spark, writer):
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    append(writer, frame(spark, 10, 15), "a", "f2")
-    # f2's source now has no rows (as DataFrame, or no DataFrame at all).
-    written = append(writer, frame(spark, 0, 0), "a", "f2", "fp2")
-    assert (written.rows, written.rows_written) == (10, 0)
-    assert table_ids(spark, writer, "a") == list(range(10))
-    written = writer.append(None, table="a", sources={"f3": "fp3"})
-    assert (written.rows, written.rows_written) == (10, 0)
-    # Their folders hold no rows, and the marker.
-    assert [p.name for p in (writer.table_path("a") / "_load_id=f3").iterdir()] == ["_SOURCE"]
-    rows = spark.read.parquet(str(writer.table_path("a"))).groupBy("_load_id").count().collect()
-    assert {r._load_id: r["count"] for r in rows} == {"f1": 10}
-    assert writer.appended_sources("a") == {"f1": "fp", "f2": "fp2", "f3": "fp3"}
-
-
-# --------------------------------------------------------------------------- modes
-
-
-def test_overwrite_swaps_the_whole_table_and_append_keeps_one_folder_per_load(spark, writer):
-    first = writer.overwrite(frame(spark, 0, 10), table="o", load_id="r1")
-    assert (first.rows, first.rows_written) == (10, 10) and first.location == str(
-        writer.table_path("o")
-    )
-    assert first.schema.fieldNames() == ["id", "doubled", "_load_id"]
-    writer.overwrite(frame(spark, 100, 105), table="o", load_id="r2")
-    assert load_dirs(writer.table_path("o")) == ["_load_id=r2"]
-    assert table_ids(spark, writer, "o") == list(range(100, 105))
-    assert writer.appended_sources("o") == {}
-
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    append(writer, frame(spark, 10, 15), "a", "f2")
-    again = append(writer, frame(spark, 20, 23), "a", "f1", "fp2")  # f1 again: replaced
-    assert (again.rows, again.rows_written) == (8, 3)
-    assert load_dirs(writer.table_path("a")) == ["_load_id=f1", "_load_id=f2"]
-    assert table_ids(spark, writer, "a") == list(range(10, 15)) + list(range(20, 23))
-    assert writer.appended_sources("a") == {"f1": "fp2", "f2": "fp"}
-    assert list(writer._trash.glob("*")) == []
-    assert staging_is_empty(writer)
-
-
-def test_one_append_replaces_several_loads_and_appending_nothing_reports_the_table(spark, writer):
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    two = frame(spark, 100, 110).withColumn(
-        "_load_id", F.when(F.col("id") < 105, "f1").otherwise("f2")
-    )
-    written = writer.append(two, table="a", sources={"f1": "x1", "f2": "x2"})
-    assert (written.rows, written.rows_written) == (10, 10)
-    assert table_ids(spark, writer, "a") == list(range(100, 110))
-
-    snapshot = tree_snapshot(writer.table_path("a"))
-    nothing = writer.append(None, table="a", sources={})
-    assert (nothing.rows, nothing.rows_written) == (10, 0)
-    assert nothing.schema.fieldNames() == ["id", "doubled", "_load_id"]
-    assert tree_snapshot(writer.table_path("a")) == snapshot
-
-
-def test_rows_of_a_load_the_append_was_not_given_are_refused(spark, writer):
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    snapshot = tree_snapshot(writer.table_path("a"))
-    stray = frame(spark, 0, 6).withColumn("_load_id", F.when(F.col("id") < 3, "f2").otherwise("f9"))
-    with pytest.raises(ValueError, match="_load_id=f9"):
-        writer.append(stray, table="a", sources={"f2": "fp", "f3": "fp"})
-    assert tree_snapshot(writer.table_path("a")) == snapshot
-    assert staging_is_empty(writer)
-
-
-def test_append_refuses_a_table_with_loads_not_written_per_source(spark, writer):
-    """Loads without a source marker (overwrite mode, or the older all-files append) would be doubled."""
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
-    with pytest.raises(
-        LoadRejected, match=r"not written per source file \(_load_id=r1\).*move the table folder"
-    ):
-        append(writer, frame(spark, 0, 10), "t", "f1")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-
-
-def test_concurrent_loads_into_one_append_table_all_land(spark, writer):
-    """The table lock serialises the renames of runs writing the same table."""
-    loads = [(f"f{i}", i * 100) for i in range(4)]
-    outcomes = list(
-        run_pack(
-            loads,
-            lambda load: append(writer, frame(spark, load[1], load[1] + 5, 1), "c", load[0]),
-            4,
+        writer.overwrite(
+            frame(spark, 0, 0), table="t", mode="addNewColumns", allow_empty=False, tag="a"
         )
-    )
+    assert not spark.catalog.tableExists(project.table("t"))
+
+
+def test_the_files_a_table_holds_are_read_back_from_its_rows(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r")
+    held = writer.ingested_files("erp_payments")
+    files = sorted((project.data / "erp" / "payments").glob("*.csv"))
+    assert len(held) == len(files)
+    states = {
+        FileState(f.stat().st_size, f.stat().st_mtime_ns // 1_000_000, obj.source_hash)
+        for f in files
+    }
+    assert set(held.values()) == states
+
+
+def test_concurrent_loads_of_a_pack_into_their_own_tables_all_land(spark, project, writer):
+    keys = ["erp-orders", "erp-payments", "erp-stores", "crm-campaigns"]
+    objects = [sample_object(project.configs, k) for k in keys]
+
+    def load(obj):
+        return ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r")
+
+    outcomes = list(run_pack(objects, load, max_threads=4))
     assert all(o.ok for o in outcomes), [o.traceback for o in outcomes if not o.ok]
-    assert load_dirs(writer.table_path("c")) == [f"_load_id={load_id}" for load_id, _ in loads]
-    assert table_ids(spark, writer, "c") == sorted(i for _, s in loads for i in range(s, s + 5))
+    for outcome in outcomes:
+        obj = outcome.item
+        files = sorted(str(p.resolve()) for p in project.data.glob(obj.source.path))
+        assert outcome.result.rows == spark_source_count(spark, obj, files)
+        assert outcome.result.table == project.table(obj.target.table)
 
 
-def test_a_warehouse_path_with_glob_characters(spark, tmp_path):
-    """Spark's readers expand glob characters in paths: the writer reads its folders literally."""
-    writer = ParquetTableWriter(spark, str(tmp_path / "wh[1]" / "bronze"))
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    written = append(writer, frame(spark, 10, 12), "a", "f2")
-    assert (written.rows, written.rows_written) == (12, 2)
+def test_names_that_are_not_plain_identifiers_never_reach_sql():
+    assert quote("main.bronze.t") == "`main`.`bronze`.`t`"
+    for bad in ("t; DROP TABLE x", "a`b", "a.b c", ""):
+        with pytest.raises(ValueError):
+            quote(bad)
 
 
-# --------------------------------------------------------------------------- failure half way
+def test_audit_columns_end_every_table(spark, project, writer):
+    obj = sample_object(project.configs, "erp-stores")
+    result = ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r")
+    columns = [name for name, _ in result.columns]
+    assert columns[-len(AUDIT_COLUMNS) :] == list(AUDIT_COLUMNS)
 
 
-def test_a_write_that_fails_half_way_leaves_the_previous_load(spark, writer):
-    writer.overwrite(frame(spark, 0, 40), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
+# --------------------------------------------------------------------------- killed mid-write
 
-    @F.udf("long")
-    def explode_on_last_partition(value):
-        if value == 390:
-            raise ValueError("corrupt row 390")
-        return value
+KILLED_WRITER = """
+import sys, time
+from pyspark.sql import functions as F
+from fanout_dagster import ingest
+from fanout_dagster.objects import load_objects
+from fanout_dagster.resources.spark import LocalSparkResource
+from fanout_dagster.resources.bronze_tables import BronzeTables
 
-    # 4 tasks: the first ones write their part files, the last one raises.
-    failing = spark.range(0, 400, numPartitions=4).select(
-        explode_on_last_partition(F.col("id")).alias("id"), (F.col("id") * 2).alias("doubled")
+warehouse, configs, data, schema = sys.argv[1:5]
+spark = LocalSparkResource(warehouse_dir=warehouse).get_session()
+read = ingest.read_source
+
+
+def slow_read(spark, source, files):
+    # Fault injection (test only): every row takes a while, so the write job
+    # is still writing its part files when the test kills this process.
+    slow = F.udf(lambda v: time.sleep(0.05) or v, "string")
+    df = read(spark, source, files)
+    return df.withColumn(df.columns[0], slow(df[df.columns[0]]))
+
+
+ingest.read_source = slow_read
+obj = load_objects(configs).by_key()["erp-orders"]
+writer = BronzeTables(schema_name=schema).writer(spark)
+print("WRITING", flush=True)
+ingest.ingest_object(spark, obj, data_root=data, writer=writer, run_id="killed")
+print("DONE", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_version_and_the_next_run_heals(
+    spark, project, writer, tmp_path
+):
+    obj = sample_object(project.configs, "erp-orders")
+    files = sorted(str(p.resolve()) for p in project.data.glob(obj.source.path))
+    count = spark_source_count(spark, obj, files)
+    first = ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r1")
+    table_dir = table_location(warehouse_dir(spark), first.table)
+    log = table_dir / "_delta_log"
+    data_files = set(table_dir.glob("*.parquet"))
+
+    script = tmp_path / "killed_writer.py"
+    script.write_text(textwrap.dedent(KILLED_WRITER))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(warehouse_dir(spark)),
+            str(project.configs),
+            str(project.data),
+            project.schema,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    with pytest.raises(Exception, match="corrupt row 390"):
-        writer.overwrite(failing, table="t", load_id="r2")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-    assert table_ids(spark, writer, "t") == list(range(40))
-    assert staging_is_empty(writer)
+    try:
+        # Kill it once its write job has put new data files in the table folder
+        # (uncommitted: the log has no new version yet).
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:
+            if set(table_dir.glob("*.parquet")) - data_files:
+                break
+            time.sleep(0.2)
+        assert child.poll() is None, child.stdout.read() if child.stdout else ""
+        assert set(table_dir.glob("*.parquet")) - data_files, "the write never started"
+        assert sorted(p.name for p in log.glob("*.json")) == ["00000000000000000000.json"]
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
 
-    # The retry, with the bad row fixed, replaces the table completely.
-    healed = writer.overwrite(frame(spark, 0, 400, 4), table="t", load_id="r3")
-    assert healed.rows == 400
-    assert load_dirs(writer.table_path("t")) == ["_load_id=r3"]
-    assert table_ids(spark, writer, "t") == list(range(400))
-
-
-# --------------------------------------------------------------------------- recovery
-
-
-def interrupt_table_swap(writer, table):
-    """What `_swap` leaves when it dies after its first rename: the table in the trash."""
-    writer._trash.mkdir(parents=True, exist_ok=True)
-    trashed = writer._trash / f"{writer.warehouse.name}.{table}.{uuid.uuid4().hex}"
-    os.rename(writer.table_path(table), trashed)
-    return trashed
-
-
-def interrupt_load_swap(writer, table, load_id):
-    writer._trash.mkdir(parents=True, exist_ok=True)
-    trashed = writer._trash / f"{table}._load_id={load_id}.{uuid.uuid4().hex}"
-    os.rename(writer.table_path(table) / f"_load_id={load_id}", trashed)
-    return trashed
-
-
-def test_recover_restores_a_table_whose_swap_was_interrupted(spark, writer):
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
-    trashed = interrupt_table_swap(writer, "t")
-    assert not writer.table_path("t").exists()
-
-    writer._recover("t")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-    assert not trashed.exists()
-    assert table_ids(spark, writer, "t") == list(range(10))
+    # The previous version is what readers see, whole.
+    table = spark.table(first.table)
+    assert table.count() == count
+    assert {r[0] for r in table.select("_dagster_run_id").distinct().collect()} == {"r1"}
+    assert spark.sql(f"DESCRIBE HISTORY {first.table}").count() == 1
+    # The next run heals: a new version with the source's rows, each once.
+    healed = ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r3")
+    assert healed.version == 1
+    assert spark.table(first.table).count() == count == healed.rows
+    assert {
+        r[0] for r in spark.table(first.table).select("_dagster_run_id").distinct().collect()
+    } == {"r3"}
 
 
-def test_next_write_recovers_an_interrupted_overwrite_then_checks_its_schema(spark, writer):
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    snapshot = tree_snapshot(writer.table_path("t"))
-    interrupt_table_swap(writer, "t")
-
-    # The restored table still guards its schema...
-    with pytest.raises(LoadRejected, match="added extra"):
-        writer.overwrite(frame(spark, 0, 5).withColumn("extra", F.lit(1)), table="t", load_id="r2")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-    # ...and a good load replaces it as usual.
-    writer.overwrite(frame(spark, 50, 55), table="t", load_id="r3")
-    assert load_dirs(writer.table_path("t")) == ["_load_id=r3"]
-    assert table_ids(spark, writer, "t") == list(range(50, 55))
-
-
-def test_next_write_recovers_an_interrupted_append_load(spark, writer):
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    append(writer, frame(spark, 10, 20), "a", "f2")
-    f1 = tree_snapshot(writer.table_path("a") / "_load_id=f1")
-    interrupt_load_swap(writer, "a", "f1")
-
-    append(writer, frame(spark, 20, 25), "a", "f3")
-    assert load_dirs(writer.table_path("a")) == ["_load_id=f1", "_load_id=f2", "_load_id=f3"]
-    assert tree_snapshot(writer.table_path("a") / "_load_id=f1") == f1
-    assert table_ids(spark, writer, "a") == list(range(25))
-    assert list(writer._trash.glob("*")) == []
-
-
-def test_recover_deletes_old_copies_whose_swap_finished(spark, writer):
-    """A swap that dies while deleting the old copy leaves it in the trash with the
-    table in place; such a copy is deleted, never put back over a later table."""
-    writer.overwrite(frame(spark, 0, 10), table="t", load_id="r1")
-    stale = writer._trash / f"{writer.warehouse.name}.t.{uuid.uuid4().hex}"
-    (stale / "_load_id=r0").mkdir(parents=True)  # half deleted: only an empty folder left
-    writer.overwrite(frame(spark, 10, 20), table="t", load_id="r2")
-    assert not stale.exists()
-
-    # The next swap dies between its renames: its copy is the one restored.
-    snapshot = tree_snapshot(writer.table_path("t"))
-    interrupt_table_swap(writer, "t")
-    writer._recover("t")
-    assert tree_snapshot(writer.table_path("t")) == snapshot
-    assert table_ids(spark, writer, "t") == list(range(10, 20))
-
-
-def test_recover_drops_a_load_folder_whose_table_was_moved_away(spark, writer, tmp_path):
-    append(writer, frame(spark, 0, 10), "a", "f1")
-    append(writer, frame(spark, 10, 20), "a", "f2")
-    interrupt_load_swap(writer, "a", "f1")
-    os.rename(writer.table_path("a"), tmp_path / "a_moved")  # as the schema-change message suggests
-
-    append(writer, frame(spark, 50, 55), "a", "f3")
-    assert load_dirs(writer.table_path("a")) == ["_load_id=f3"]
-    assert table_ids(spark, writer, "a") == list(range(50, 55))
-    assert list(writer._trash.glob("*")) == []
-
-
-# --------------------------------------------------------------------------- table names
-
-
-@pytest.mark.parametrize("table", ["_staging", "_trash"])
-def test_the_writers_own_folder_names_are_not_table_names(project, table):
-    """The warehouse holds the writer's _staging and _trash folders next to the
-    tables, so the loader refuses table names that do not start with a letter."""
-    config = project.configs / "reserved.yaml"
-    config.write_text(
-        "code: erp\nname: stores_copy\nsource: {format: csv, path: erp/stores/*.csv, options: {header: true}}\n"
-        f"target: {{table: '{table}'}}\n"
-    )
-    load = load_objects(project.configs)
-    assert "erp-stores_copy" not in load.by_key()
-    [error] = load.errors
-    assert (error.file, error.field) == ("reserved.yaml", "target.table")
-    assert "starting with a letter" in error.message
+def test_commit_tags_name_the_run_and_the_object():
+    tag = commit_tag("run-1", "erp-orders")
+    assert tag == '{"dagster_run_id": "run-1", "partition_key": "erp-orders"}'

@@ -14,8 +14,8 @@ failed, so each partition ends up showing its own truth, and a backfill
 re-executed "from failure" targets only the failed objects. (Stock Dagster has
 no per-partition failure for multi-partition runs: dagster-io/dagster#17836.)
 
-The asset never asks where it runs: the SparkSession, the warehouse format and
-the step launcher (Databricks or none) are resources chosen in definitions.py.
+The asset never asks where it runs: the SparkSession, the bronze schema and the
+step launcher (Databricks or none) are resources chosen in definitions.py.
 """
 
 import re
@@ -87,11 +87,19 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
         run_id = context.run.run_id
 
         def load(obj: ObjectConfig) -> LoadResult:
-            # The job description names the object in Spark's own logs and UI.
-            session.sparkContext.setJobDescription(f"bronze {obj.key}")
-            return ingest_object(
-                session, obj, data_root=object_configs.data_root_path, writer=writer, run_id=run_id
-            )
+            # Spark's jobs for this object carry its partition key as a tag (a
+            # thread-local setting: each pack thread tags its own object).
+            session.addTag(f"fanout-object-{obj.key}")
+            try:
+                return ingest_object(
+                    session,
+                    obj,
+                    data_root=object_configs.data_root_path,
+                    writer=writer,
+                    run_id=run_id,
+                )
+            finally:
+                session.removeTag(f"fanout-object-{obj.key}")
 
         context.log.info(
             f"Loading {len(objects)} object(s) with up to {threads_per_run} thread(s): "
@@ -103,8 +111,9 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
             if outcome.ok:
                 result = outcome.result
                 summary = (
-                    f"{outcome.item.key}: {result.rows_written} rows from {result.files_written} "
-                    f"file(s) -> {result.table} ({result.rows} rows in the table)"
+                    f"{outcome.item.key}: {result.rows_written} rows from {result.files_read} "
+                    f"file(s) -> {result.table} version {result.version} "
+                    f"({result.rows} rows in the table)"
                 )
                 context.log.info(summary)
                 # Also on stdout: on Databricks it lands in the driver log.
@@ -130,16 +139,23 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
 
 
 SPARK_ERROR_CLASS = re.compile(r"\[[A-Z][A-Z0-9_]+(\.[A-Z0-9_]+)*\]")
+# Error classes that only wrap the telling one (a write task failing because
+# its input could not be read, say).
+WRAPPER_ERROR_CLASSES = ("[TASK_WRITE_FAILED]",)
 
 
 def short_error(error: BaseException, limit: int = 500) -> str:
     """One line for summaries. Spark errors from the JVM carry a whole Java
     stack trace (kilobytes) in their message; the traceback metadata keeps it.
-    Their telling line is the one with Spark's error class, e.g.
-    "[MALFORMED_CSV_RECORD] Malformed CSV record: ..."; otherwise the first."""
+    Their telling line is the first with Spark's error class that is not a
+    mere wrapper, e.g. "[FAILED_READ_FILE.NO_HINT] Encountered error while
+    reading file ..."; otherwise the first line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [""]
     classed = [line for line in lines if SPARK_ERROR_CLASS.search(line)]
-    line = classed[0] if classed else lines[0]
+    telling = [
+        line for line in classed if not any(wrapper in line for wrapper in WRAPPER_ERROR_CLASSES)
+    ]
+    line = (telling or classed or lines)[0].removeprefix("Caused by: ")
     if len(line) > limit:
         line = line[:limit] + "..."
     return f"{type(error).__name__}: {line}"
@@ -178,12 +194,15 @@ def _materialization(
                 columns=[TableColumn(name, type_) for name, type_ in result.columns]
             ),
             "dagster/table_name": MetadataValue.text(result.table),
-            "location": MetadataValue.path(result.location),
+            "delta_version": MetadataValue.int(result.version),
+            "delta_operation": MetadataValue.text(result.operation),
             "write_mode": MetadataValue.text(obj.target.mode),
+            "schema_evolution_mode": MetadataValue.text(obj.target.schema_evolution_mode),
             "rows_written": MetadataValue.int(result.rows_written),
-            "files_written": MetadataValue.int(result.files_written),
+            "data_files_written": MetadataValue.int(result.data_files_written),
+            "source_files_read": MetadataValue.int(result.files_read),
             "source_files": MetadataValue.int(result.source_files),
-            "load_ids": MetadataValue.text(",".join(result.load_ids) or "(nothing new)"),
+            "reloaded": MetadataValue.bool(result.reloaded),
             "cluster": MetadataValue.text(obj.cluster),
             "config_file": MetadataValue.text(obj.config_file),
             "config_hash": MetadataValue.text(obj.config_hash),

@@ -1,23 +1,26 @@
-"""Where bronze tables are written: a Parquet folder locally, Delta on Databricks."""
+"""Where bronze tables are written: Delta tables in one schema, locally and on Databricks."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from dagster import ConfigurableResource
 from pyspark.sql import SparkSession
 
-from fanout_dagster.settings import project_path
-from fanout_dagster.tables import DeltaTableWriter, ParquetTableWriter, TableWriter
+from fanout_dagster.ingest import AUDIT_COLUMNS
+from fanout_dagster.local_spark import register_table
+from fanout_dagster.tables import BronzeTableWriter
 
 
 class BronzeTables(ConfigurableResource):
-    # parquet: folder-per-table under `location` (needs no extra jars).
-    # delta:   tables in the metastore schema named by `location`.
-    format: Literal["parquet", "delta"] = "parquet"
-    location: str = "warehouse/bronze"
+    # `bronze` locally (tables `bronze.<table>`); `<catalog>.<schema>` in Unity Catalog.
+    schema_name: str = "bronze"
+    # Local Spark's in-memory catalog learns of tables other processes created
+    # by looking in the warehouse folder; Unity Catalog knows every table.
+    local_catalog: bool = True
 
-    def writer(self, spark: SparkSession) -> TableWriter:
-        if self.format == "delta":
-            return DeltaTableWriter(spark, schema=self.location)
-        return ParquetTableWriter(spark, warehouse=project_path(self.location))
+    def writer(self, spark: SparkSession) -> BronzeTableWriter:
+        return BronzeTableWriter(
+            spark,
+            self.schema_name,
+            prepare_table=register_table if self.local_catalog else None,
+            system_columns=AUDIT_COLUMNS,
+        )

@@ -45,8 +45,7 @@ from fanout_dagster.tags import CLUSTER_TAG
 PASSED_THROUGH_SETTINGS = (
     "data_root",
     "configs_dir",
-    "bronze_format",
-    "bronze_location",
+    "bronze_schema",
     "objects_per_run",
     "threads_per_run",
 )
@@ -192,9 +191,7 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
 
     return {
         "spark": ClusterSparkResource(),
-        "bronze_tables": BronzeTables(
-            format=settings.bronze_format, location=settings.bronze_location
-        ),
+        "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=False),
         "object_configs": object_configs,
         "pyspark_step_launcher": pyspark_step_launcher,
     }

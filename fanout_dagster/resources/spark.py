@@ -11,7 +11,10 @@ import os
 import shutil
 
 from dagster import ConfigurableResource
+from delta import configure_spark_with_delta_pip
 from pyspark.sql import SparkSession
+
+from fanout_dagster.local_spark import register_tables, spark_conf
 
 
 class JavaNotFound(RuntimeError):
@@ -26,13 +29,11 @@ class SparkResource(ConfigurableResource):
 
 
 class LocalSparkResource(SparkResource):
-    """An embedded Spark in the current process: no cluster, no credentials."""
+    """An embedded Spark in the current process, with Delta Lake: no cluster, no credentials."""
 
     master: str = "local[2]"
     app_name: str = "fanout_dagster"
     warehouse_dir: str = "warehouse"
-    # A few small loads at a time: 200 shuffle partitions would be 200 tiny tasks.
-    shuffle_partitions: int = 4
     log_level: str = "ERROR"
 
     def get_session(self) -> SparkSession:
@@ -41,19 +42,18 @@ class LocalSparkResource(SparkResource):
                 "Java was not found: local Spark needs a Java 17 runtime on PATH or JAVA_HOME "
                 "(e.g. `apt-get install openjdk-17-jre-headless`)."
             )
-        session = (
-            SparkSession.builder.master(self.master)
-            .appName(self.app_name)
-            .config("spark.sql.warehouse.dir", os.path.abspath(self.warehouse_dir))
-            .config("spark.sql.shuffle.partitions", str(self.shuffle_partitions))
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.session.timeZone", "UTC")
-            # Pack threads share the driver; FAIR keeps one big load from starving the rest.
-            .config("spark.scheduler.mode", "FAIR")
-            .config("spark.log.level", self.log_level)
-            .getOrCreate()
+        existing = SparkSession.getActiveSession()
+        builder = SparkSession.builder.master(self.master).appName(self.app_name)
+        for key, value in spark_conf(self.warehouse_dir).items():
+            builder = builder.config(key, value)
+        builder = builder.config("spark.ui.enabled", "false").config(
+            "spark.log.level", self.log_level
         )
-        session.sparkContext.setLogLevel(self.log_level)
+        # The Delta jars come the way delta-spark's own helper gets them: Spark
+        # resolves its Maven coordinates (cached in ~/.ivy2 after the first time).
+        session = configure_spark_with_delta_pip(builder).getOrCreate()
+        if existing is None:
+            register_tables(session)
         return session
 
 

@@ -3,6 +3,7 @@ coordinator's placement tags on real runs of that instance."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -74,18 +75,28 @@ def step_failure_message(result) -> str:
 
 
 def bronze_count(spark, project, table) -> int:
-    return spark.read.parquet(str(project.warehouse / table)).count()
+    return spark.table(project.table(table)).count()
 
 
 def check_materialization(spark, project, mat, obj):
     metadata = mat.metadata
+    name = project.table(obj.target.table)
     rows = metadata["dagster/row_count"].value
     assert rows == bronze_count(spark, project, obj.target.table)
     assert rows == spark_source_count(spark, obj, expected_source_files(project.data, obj))
     columns = [c.name for c in metadata["dagster/column_schema"].schema.columns]
     assert columns[-len(AUDIT_COLUMNS) :] == list(AUDIT_COLUMNS)
-    assert columns == spark.read.parquet(str(project.warehouse / obj.target.table)).columns
-    assert metadata["dagster/table_name"].value == obj.target.table
+    assert columns == spark.table(name).columns
+    # The full table name, and the Delta version and metrics of the commit it made.
+    assert metadata["dagster/table_name"].value == name
+    history = spark.sql(f"DESCRIBE HISTORY {name}").collect()
+    commit = next(h for h in history if h.version == metadata["delta_version"].value)
+    assert json.loads(commit.userMetadata)["partition_key"] == obj.key
+    assert metadata["delta_operation"].value == commit.operation
+    assert metadata["rows_written"].value == int(commit.operationMetrics["numOutputRows"]) - int(
+        commit.operationMetrics.get("numCopiedRows", 0)
+    )
+    assert metadata["data_files_written"].value == int(commit.operationMetrics["numFiles"])
     assert metadata["duration_s"].value >= 0
     assert metadata["config_hash"].value == obj.config_hash
     assert metadata["cluster"].value == obj.cluster
@@ -133,7 +144,7 @@ def test_a_pack_materializes_each_object_on_its_own(spark, spark_resource, proje
         assert len(mats[key]) == 1
         check_materialization(spark, project, mats[key][0], objects[key])
     assert instance.get_materialized_partitions(BRONZE) == set(pack)
-    assert not (project.warehouse / "erp_suppliers").exists()
+    assert not spark.catalog.tableExists(project.table("erp_suppliers"))
 
 
 def test_a_broken_object_fails_the_pack_alone_and_heals_on_rerun(
@@ -207,7 +218,7 @@ def test_the_objects_tag_overrides_the_run_partitions(spark, spark_resource, pro
     for key, [mat] in mats.items():
         check_materialization(spark, project, mat, objects[key])
     assert instance.get_materialized_partitions(BRONZE) == {"crm-campaigns", "finance-fx_rates"}
-    assert not (project.warehouse / "erp_stores").exists()
+    assert not spark.catalog.tableExists(project.table("erp_stores"))
     assert set(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME)) == {
         "erp-stores",
         "crm-campaigns",

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from databricks_emulator import run_emulator
@@ -25,32 +24,11 @@ from fanout_dagster_tests.e2e.dagster_processes import (
     wait_for,
     write_dagster_home,
 )
+from fanout_dagster_tests.helpers import keep_objects
 
 pytestmark = pytest.mark.slow
 
 BRONZE = AssetKey("bronze")
-
-
-def keep_objects(project, keys: list[str]) -> None:
-    """Rewrite the project's configs to hold only these sample objects."""
-    chosen = [obj for obj in load_objects(project.configs).objects if obj.key in keys]
-    shutil.rmtree(project.configs)
-    project.configs.mkdir()
-    entries = [
-        {
-            "code": o.code,
-            "name": o.name,
-            "source": {
-                "format": o.source.format,
-                "path": o.source.path,
-                "options": dict(o.source.options),
-            },
-            "target": {"table": o.target.table, "mode": o.target.mode},
-            "cluster": o.cluster,
-        }
-        for o in chosen
-    ]
-    (project.configs / "objects.yaml").write_text(yaml.safe_dump(entries))
 
 
 @contextmanager

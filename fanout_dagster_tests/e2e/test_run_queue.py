@@ -81,4 +81,5 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
         .csv(str(project.data / sample.source.path))
         .count()
     )
-    assert spark.read.parquet(str(project.warehouse / sample.target.table)).count() == source_rows
+    table = spark.read.format("delta").load(str(project.process_table(sample.target.table)))
+    assert table.count() == source_rows
