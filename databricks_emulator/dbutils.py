@@ -9,6 +9,7 @@ absolute path or ``dbfs:/...`` is DBFS, ``file:/...`` is the local disk.
 from __future__ import annotations
 
 import base64
+import builtins
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -151,7 +152,7 @@ class SecretsUtils:
             raise SecretNotFoundError(f"Scope {scope} does not exist")
         return [SecretMetadata(k) for k in sorted(self._secrets[scope])]
 
-    def listScopes(self) -> list[SecretScope]:  # noqa: N802
+    def listScopes(self) -> builtins.list[SecretScope]:  # noqa: N802
         return [SecretScope(s) for s in sorted(self._secrets)]
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from .runs import RunManager
 from .secrets import SecretStore
 from .server import EmulatorHTTPServer
 from .stats import Stats
+from .volumes import FilesApi, VolumeStore
 
 
 @dataclass
@@ -50,6 +51,16 @@ class EmulatorConfig:
     jvm_quick_start: bool = (
         True  # faster driver JVM start (C1 JIT, serial GC); see runs.RunSettings
     )
+    # Unity Catalog volumes ("catalog.schema.volume") for the Files API and /Volumes in tasks.
+    volumes: list[str] = field(default_factory=list)
+    # Unity Catalog catalogs tasks can use with three-level names (volumes add theirs).
+    catalogs: list[str] = field(default_factory=lambda: ["main"])
+    # The documented limit of concurrently active task runs per workspace (429 beyond it).
+    max_active_task_runs: int = 1000
+    # Serverless compute for jobs (tasks with environment_key and no cluster).
+    serverless: bool = True
+    # False: a workspace whose "DBFS root and mounts" access is disabled.
+    dbfs_root: bool = True
 
 
 def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
@@ -61,6 +72,14 @@ def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str
             c["cluster_id"]: {k: v for k, v in c.items() if k != "cluster_id"} for c in clusters
         }
     return dict(clusters), dict(data.get("secrets", {}))
+
+
+def load_volume_config(path: Path) -> list[str]:
+    """The ``"volumes": ["catalog.schema.volume", ...]`` list of the same config file."""
+    volumes = json.loads(Path(path).read_text()).get("volumes", [])
+    if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
+        raise ValueError(f"{path}: 'volumes' must be a list of catalog.schema.volume names")
+    return list(volumes)
 
 
 class DatabricksEmulator:
@@ -77,6 +96,10 @@ class DatabricksEmulator:
         self.secrets = SecretStore()
         self.permissions = PermissionStore()
         self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads")
+        self.volumes = VolumeStore(self.root / "volumes")
+        for name in config.volumes:
+            self.volumes.create(name)
+        self.files_api = FilesApi(self.volumes, self.root / "uploads")
         self.clusters = ClusterManager(
             self.stats_recorder,
             config.cluster_start_seconds,
@@ -110,6 +133,7 @@ class DatabricksEmulator:
     def start(self) -> DatabricksEmulator:
         """Bind 127.0.0.1 (loopback only) and serve in a background thread."""
         self._bind()
+        assert self._server is not None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -202,6 +226,10 @@ class DatabricksEmulator:
             full["spark_env_vars"] = dict(spark_env_vars)
         self.clusters.define(cluster_id, full, running=running)
 
+    def create_volume(self, name: str) -> Path:
+        """Declare the Unity Catalog volume ``catalog.schema.volume``; returns its folder."""
+        return self.volumes.create(name)
+
     def run_state_history(self, run_id: int) -> list[str]:
         """Every run-level life_cycle_state the run went through, in order."""
         return self.runs.state_history(run_id)
@@ -273,6 +301,16 @@ class DatabricksEmulator:
         running = bool(spec.pop("running", False))
         self.clusters.define(cluster_id, spec, running=running)
         return {}
+
+    def admin_create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.create_volume(body.get("name", ""))
+        except ValueError as exc:
+            raise invalid_parameter(str(exc)) from None
+        return {"volumes": self.volumes.names()}
+
+    def admin_list_volumes(self, _query: dict[str, Any]) -> dict[str, Any]:
+        return {"volumes": self.volumes.names()}
 
     def admin_run_page(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.run_page(int(params["run_id"]))

@@ -16,16 +16,33 @@ class ApiError(Exception):
     """An error answered to the client as a Databricks error body."""
 
     def __init__(
-        self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        error_code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ):
         super().__init__(f"{error_code}: {message}")
         self.status = status
         self.error_code = error_code
         self.message = message
         self.headers = headers or {}
+        # google.rpc.ErrorInfo reason in "details" (the Files API uses it, e.g.
+        # FILES_API_DIRECTORY_IS_NOT_EMPTY, and clients key off it).
+        self.reason = reason
 
     def body(self) -> dict[str, Any]:
-        return {"error_code": self.error_code, "message": self.message}
+        body: dict[str, Any] = {"error_code": self.error_code, "message": self.message}
+        if self.reason:
+            body["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.reason,
+                    "domain": "filesystem.databricks.com",
+                }
+            ]
+        return body
 
 
 def invalid_parameter(message: str) -> ApiError:

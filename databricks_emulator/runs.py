@@ -16,6 +16,7 @@ process group (see :mod:`.task_setup` and :mod:`.process`); JSON shapes are in :
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import re
 import threading
@@ -492,8 +493,8 @@ class RunManager:
             out["prev_page_token"] = str(max(0, offset - limit))
         return out
 
-    def state_history(self, run_id: int) -> list[str]:
-        return list(self._find_run(run_id).state_history)
+    def state_history(self, run_id: int) -> builtins.list[str]:
+        return builtins.list(self._find_run(run_id).state_history)
 
     def page(self, run_id: int) -> dict[str, Any]:
         """What ``run_page_url`` shows: the run plus the tail of each task's logs."""
