@@ -121,6 +121,7 @@ class DatabricksEmulator:
                 cancel_grace_seconds=config.cancel_grace_seconds,
                 extra_spark_conf=dict(config.extra_spark_conf),
                 jvm_quick_start=config.jvm_quick_start,
+                max_active_task_runs=config.max_active_task_runs,
             ),
             base_url=lambda: self.host,
         )

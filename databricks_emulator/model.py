@@ -96,3 +96,5 @@ class RunSettings:
     # C1-only JIT + serial GC: the driver JVM starts ~40% faster, which dominates small tasks.
     # Not applied when the cluster spec sets its own spark.driver.extraJavaOptions.
     jvm_quick_start: bool = True
+    # Concurrently active task runs per workspace before runs/submit answers 429.
+    max_active_task_runs: int = 1000

@@ -42,6 +42,7 @@ from .secrets import SecretStore
 from .stats import Stats
 from .task_setup import deliver_cluster_logs, read_error, start_task_process, tail
 
+MAX_IDEMPOTENCY_TOKEN_LENGTH = 64
 OUTPUT_LOG_LIMIT = 5 * 1024 * 1024  # get-output returns at most the last 5 MB, as documented
 MULTI_TASK_OUTPUT_ERROR = (
     "Retrieving the output of runs with multiple tasks is not supported. "
@@ -81,8 +82,14 @@ class RunManager:
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         token = body.get("idempotency_token")
-        if token is not None and (not isinstance(token, str) or len(token) > 64):
-            raise invalid_parameter("idempotency_token must be a string of at most 64 characters")
+        if token is not None and not isinstance(token, str):
+            raise invalid_parameter("idempotency_token must be a string")
+        if token is not None and len(token) > MAX_IDEMPOTENCY_TOKEN_LENGTH:
+            # Documented: "The token must have at most 64 characters."
+            raise invalid_parameter(
+                f"Invalid idempotency_token: the token must have at most "
+                f"{MAX_IDEMPOTENCY_TOKEN_LENGTH} characters (got {len(token)})."
+            )
         timeout = body.get("timeout_seconds", 0) or 0
         if not isinstance(timeout, int) or timeout < 0:
             raise invalid_parameter("timeout_seconds must be a non-negative integer")
@@ -95,6 +102,24 @@ class RunManager:
                 # Same token: same run, nothing new starts (this is what makes retries safe).
                 self._stats.idempotent_replay()
                 return {"run_id": self._by_token[token]}
+            active = sum(
+                1
+                for r in self._runs.values()
+                if r.life_cycle_state not in TERMINAL_STATES
+                for t in r.tasks
+                if t.life_cycle_state not in TERMINAL_STATES
+            )
+            if active + len(task_specs) > self._settings.max_active_task_runs:
+                # Documented: "A workspace is limited to 1000 concurrent task runs. A 429 Too
+                # Many Requests response is returned when you request a run that cannot start
+                # immediately."
+                raise ApiError(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    f"The workspace has reached its limit of "
+                    f"{self._settings.max_active_task_runs} concurrently active task runs. "
+                    "Please try again later.",
+                )
             run_id = next(self._ids)
             run_dir = self._dir / str(run_id)
             tasks = []
