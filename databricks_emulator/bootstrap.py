@@ -143,7 +143,10 @@ def main(argv: list[str]) -> int:
     secrets: dict[str, dict[str, str]] = json.loads(secrets_file.read_text())
     secrets_file.unlink()  # secret values do not stay on disk longer than needed
 
-    dbutils = DBUtils(DbfsRoot(spec["dbfs_root"]), secrets)
+    volumes_root = spec.get("volumes_root")
+    dbutils = DBUtils(
+        DbfsRoot(spec["dbfs_root"]), secrets, Path(volumes_root) if volumes_root else None
+    )
     spark = LazySparkSession()
     sc = LazySparkContext(spark)
     _install_pyspark_dbutils(dbutils)
@@ -151,8 +154,9 @@ def main(argv: list[str]) -> int:
 
     python_file: str = spec["python_file"]
     sys.argv = [python_file, *spec["parameters"]]
-    # Like `python python_file`: the script's folder first on sys.path (not ours).
-    sys.path[0] = os.path.dirname(os.path.abspath(python_file))
+    # Like `python python_file`: the script's folder first on sys.path. The rest is the cluster's
+    # interpreter path (see task_python): this package, the run's wheels, site-packages.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(python_file)))
 
     exit_code = 0
     try:

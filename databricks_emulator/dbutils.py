@@ -14,7 +14,7 @@ import shutil
 from collections import namedtuple
 from pathlib import Path
 
-from .paths import DbfsRoot
+from .paths import DbfsRoot, normalize_dbfs_path
 
 
 class FileInfo(namedtuple("FileInfo", ["path", "name", "size", "modificationTime"])):
@@ -35,18 +35,25 @@ class SecretNotFoundError(Exception):
 
 
 class FsUtils:
-    def __init__(self, dbfs: DbfsRoot):
+    def __init__(self, dbfs: DbfsRoot, volumes_root: Path | None = None):
         self._dbfs = dbfs
+        self._volumes = volumes_root.resolve() if volumes_root else None
 
     def _local(self, path: str) -> Path:
         if path.startswith("file:"):
             return Path(path[len("file:") :]).resolve()
         try:
-            return self._dbfs.local(path)
+            canonical = normalize_dbfs_path(path)
         except ValueError as exc:
             raise ValueError(f"Invalid DBFS path {path!r}: {exc}") from None
+        if self._volumes is not None and canonical.startswith("/Volumes/"):
+            # dbfs:/Volumes/... and /Volumes/... are Unity Catalog volumes.
+            return self._volumes.joinpath(canonical[len("/Volumes/") :])
+        return self._dbfs.local(canonical)
 
     def _uri(self, local: Path) -> str:
+        if self._volumes is not None and local.resolve().is_relative_to(self._volumes):
+            return "dbfs:/Volumes/" + local.resolve().relative_to(self._volumes).as_posix()
         try:
             return "dbfs:" + self._dbfs.to_dbfs(local)
         except ValueError:
@@ -160,8 +167,13 @@ class SecretsUtils:
 
 
 class DBUtils:
-    def __init__(self, dbfs: DbfsRoot, secrets: dict[str, dict[str, str]]):
-        self.fs = FsUtils(dbfs)
+    def __init__(
+        self,
+        dbfs: DbfsRoot,
+        secrets: dict[str, dict[str, str]],
+        volumes_root: Path | None = None,
+    ):
+        self.fs = FsUtils(dbfs, volumes_root)
         self.secrets = SecretsUtils(secrets)
 
     def __repr__(self) -> str:

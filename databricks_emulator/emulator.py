@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets as _secrets
+import sys
 import tempfile
 import threading
 import time
@@ -27,9 +28,12 @@ from .faults import FaultInjector
 from .model import TERMINAL_STATES, RunSettings
 from .permissions import PermissionStore
 from .runs import RunManager
+from .sandbox import TaskMounts
 from .secrets import SecretStore
 from .server import EmulatorHTTPServer
 from .stats import Stats
+from .task_python import write_wrapper
+from .task_setup import PACKAGE_DIR, TaskHost
 from .volumes import FilesApi, VolumeStore
 
 
@@ -109,13 +113,11 @@ class DatabricksEmulator:
             spec = dict(spec)
             running = bool(spec.pop("running", False))
             self.clusters.define(cluster_id, spec, running=running)
-        self.runs = RunManager(
-            self.root / "runs",
-            self.dbfs.paths,
-            self.clusters,
-            self.secrets,
-            self.stats_recorder,
-            RunSettings(
+        self.task_host = TaskHost(
+            dbfs=self.dbfs.paths,
+            volumes_root=self.volumes.root,
+            secrets=self.secrets,
+            settings=RunSettings(
                 spark_master=config.spark_master,
                 eager_spark=config.eager_spark,
                 cancel_grace_seconds=config.cancel_grace_seconds,
@@ -123,6 +125,14 @@ class DatabricksEmulator:
                 jvm_quick_start=config.jvm_quick_start,
                 max_active_task_runs=config.max_active_task_runs,
             ),
+            mounts=TaskMounts(self.volumes.root, self.dbfs.paths.root, dbfs_enabled=True),
+            python=write_wrapper(str(self.root / "task-env"), str(PACKAGE_DIR), sys.executable),
+        )
+        self.runs = RunManager(
+            self.root / "runs",
+            self.task_host,
+            self.clusters,
+            self.stats_recorder,
             base_url=lambda: self.host,
         )
         self._server: EmulatorHTTPServer | None = None

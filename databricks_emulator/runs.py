@@ -37,10 +37,8 @@ from .model import (
     TaskRun,
     now_ms,
 )
-from .paths import DbfsRoot
-from .secrets import SecretStore
 from .stats import Stats
-from .task_setup import deliver_cluster_logs, read_error, start_task_process, tail
+from .task_setup import TaskHost, deliver_cluster_logs, read_error, start_task_process, tail
 
 MAX_IDEMPOTENCY_TOKEN_LENGTH = 64
 OUTPUT_LOG_LIMIT = 5 * 1024 * 1024  # get-output returns at most the last 5 MB, as documented
@@ -54,20 +52,18 @@ class RunManager:
     def __init__(
         self,
         runs_dir: Path,
-        dbfs: DbfsRoot,
+        host: TaskHost,
         clusters: ClusterManager,
-        secrets: SecretStore,
         stats: Stats,
-        settings: RunSettings,
         base_url: Callable[[], str],
     ):
         self._dir = runs_dir
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._dbfs = dbfs
+        self._host = host
+        self._dbfs = host.dbfs
         self._clusters = clusters
-        self._secrets = secrets
         self._stats = stats
-        self._settings = settings
+        self._settings: RunSettings = host.settings
         self._base_url = base_url
         self._lock = threading.RLock()
         self._runs: dict[int, Run] = {}
@@ -306,7 +302,7 @@ class RunManager:
                 proc = None
             else:
                 try:
-                    proc = start_task_process(run, task, self._dbfs, self._secrets, self._settings)
+                    proc = start_task_process(run, task, self._host)
                 except OSError as exc:
                     self._finish_task(
                         task, None, f"Could not start the task: {exc}", life_cycle="INTERNAL_ERROR"
