@@ -125,8 +125,13 @@ class DatabricksEmulator:
                 jvm_quick_start=config.jvm_quick_start,
                 max_active_task_runs=config.max_active_task_runs,
             ),
-            mounts=TaskMounts(self.volumes.root, self.dbfs.paths.root, dbfs_enabled=True),
+            mounts=TaskMounts(
+                self.volumes.root, self.dbfs.paths.root, dbfs_enabled=config.dbfs_root
+            ),
             python=write_wrapper(str(self.root / "task-env"), str(PACKAGE_DIR), sys.executable),
+            uc_root=self.root / "unity-catalog",
+            catalogs=sorted({*config.catalogs, *self.volumes.catalogs()}),
+            dbfs_enabled=config.dbfs_root,
         )
         self.runs = RunManager(
             self.root / "runs",
@@ -239,7 +244,11 @@ class DatabricksEmulator:
 
     def create_volume(self, name: str) -> Path:
         """Declare the Unity Catalog volume ``catalog.schema.volume``; returns its folder."""
-        return self.volumes.create(name)
+        folder = self.volumes.create(name)
+        catalog = name.split(".")[0]
+        if catalog not in self.task_host.catalogs:
+            self.task_host.catalogs.append(catalog)  # tasks started from now on have it
+        return folder
 
     def run_state_history(self, run_id: int) -> list[str]:
         """Every run-level life_cycle_state the run went through, in order."""

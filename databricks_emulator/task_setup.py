@@ -26,6 +26,7 @@ from .process import TaskProcess
 from .sandbox import VOLUMES_MOUNT, TaskMounts
 from .secrets import SecretStore
 from .task_python import HIDDEN_PATHS_ENV
+from .unity_catalog import CATALOG_CLASS, DISABLED_DBFS_CLASS, plugin_jar
 
 JVM_QUICK_START_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 BOOTSTRAP_MODULE = f"{__package__}.bootstrap"
@@ -46,6 +47,29 @@ class TaskHost:
     settings: RunSettings
     mounts: TaskMounts
     python: str  # the emulated cluster's interpreter (task_python's wrapper)
+    uc_root: Path  # Unity Catalog storage: <uc_root>/<catalog>/<schema>/<table>
+    catalogs: list[str]  # Unity Catalog catalogs (three-level names)
+    dbfs_enabled: bool = True
+
+
+DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.1.0"
+
+
+def cluster_spark_conf(host: TaskHost) -> dict[str, str]:
+    """What every emulated cluster (and the serverless Spark Connect server) has configured:
+    Delta as on Databricks, and the Unity Catalog catalogs of the workspace."""
+    jar = plugin_jar()
+    conf = {
+        # As delta.configure_spark_with_delta_pip sets it up (jars resolved by Spark's ivy).
+        "spark.jars.packages": DELTA_PACKAGE,
+        "spark.jars": jar.as_uri(),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    }
+    for catalog in host.catalogs:
+        conf[f"spark.sql.catalog.{catalog}"] = CATALOG_CLASS
+        conf[f"spark.sql.catalog.{catalog}.root"] = str(host.uc_root)
+    return conf
 
 
 class LibraryInstallError(OSError):
@@ -209,6 +233,15 @@ def write_spark_conf(conf_dir: Path, task: TaskRun, host: TaskHost) -> None:
         # dbfs:/Volumes/... is the volume, as on Databricks.
         "spark.hadoop.fs.viewfs.mounttable.default.link./Volumes": host.volumes_root.as_uri(),
         "spark.hadoop.fs.dbfs.impl.disable.cache": "true",
+        **(
+            {}
+            if host.dbfs_enabled
+            else {
+                # No DBFS root: dbfs:/ fails like on Databricks ([DBFS_DISABLED] ...).
+                "spark.hadoop.fs.dbfs.impl": DISABLED_DBFS_CLASS,
+            }
+        ),
+        **cluster_spark_conf(host),
         **(
             {"spark.driver.extraJavaOptions": JVM_QUICK_START_OPTIONS}
             if settings.jvm_quick_start
