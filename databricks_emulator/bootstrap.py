@@ -108,6 +108,16 @@ def _stop_spark() -> None:
     """Stop Spark if anything started it, and wait for the JVM so it is reaped by us."""
     if "pyspark" not in sys.modules:
         return
+    if "pyspark.sql.connect.session" in sys.modules:
+        # Serverless: end the Spark Connect session (the server is the workspace's).
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        try:
+            active = ConnectSession.getActiveSession()
+            if active is not None:
+                active.stop()
+        except Exception:  # noqa: BLE001 - the server may be gone; keep shutting down
+            pass
     from pyspark import SparkContext
 
     gateway = SparkContext._gateway  # noqa: SLF001 - the only handle on the JVM process

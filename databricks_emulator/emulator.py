@@ -31,6 +31,7 @@ from .runs import RunManager
 from .sandbox import TaskMounts
 from .secrets import SecretStore
 from .server import EmulatorHTTPServer
+from .serverless import ConnectServer
 from .stats import Stats
 from .task_python import write_wrapper
 from .task_setup import PACKAGE_DIR, TaskHost
@@ -124,6 +125,7 @@ class DatabricksEmulator:
                 extra_spark_conf=dict(config.extra_spark_conf),
                 jvm_quick_start=config.jvm_quick_start,
                 max_active_task_runs=config.max_active_task_runs,
+                serverless=config.serverless,
             ),
             mounts=TaskMounts(
                 self.volumes.root, self.dbfs.paths.root, dbfs_enabled=config.dbfs_root
@@ -133,12 +135,14 @@ class DatabricksEmulator:
             catalogs=sorted({*config.catalogs, *self.volumes.catalogs()}),
             dbfs_enabled=config.dbfs_root,
         )
+        self.connect_server = ConnectServer(self.task_host, self.root / "serverless")
         self.runs = RunManager(
             self.root / "runs",
             self.task_host,
             self.clusters,
             self.stats_recorder,
             base_url=lambda: self.host,
+            connect_url=self.connect_server.url,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -170,6 +174,7 @@ class DatabricksEmulator:
             self._server.stopped = True
         self.runs.shutdown()
         self.clusters.shutdown()
+        self.connect_server.stop()
         if self._server is not None:
             if self._thread is not None:
                 self._server.shutdown()

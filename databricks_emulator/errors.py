@@ -69,3 +69,13 @@ def run_does_not_exist(run_id: Any) -> ApiError:
 def cluster_does_not_exist(cluster_id: Any) -> ApiError:
     # Same pattern as runs: 400 INVALID_PARAMETER_VALUE "Cluster <id> does not exist".
     return ApiError(400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist")
+
+
+def serverless_disabled() -> ApiError:
+    # A workspace without serverless compute for jobs (emulator: --no-serverless).
+    return ApiError(
+        400,
+        "FEATURE_DISABLED",
+        "Serverless compute is not enabled for this workspace. Specify a cluster "
+        "(existing_cluster_id or new_cluster) for every task.",
+    )

@@ -82,6 +82,7 @@ class Run:
     thread: threading.Thread | None = None
     timeout_timer: threading.Timer | None = None
     state_history: list[str] = field(default_factory=list)
+    environments: list[dict[str, Any]] = field(default_factory=list)  # serverless environments
 
     def task(self, key: str) -> TaskRun:
         return next(t for t in self.tasks if t.task_key == key)
@@ -98,3 +99,4 @@ class RunSettings:
     jvm_quick_start: bool = True
     # Concurrently active task runs per workspace before runs/submit answers 429.
     max_active_task_runs: int = 1000
+    serverless: bool = True  # the workspace has serverless compute for jobs

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import run_json
 from .clusters import Cluster, ClusterManager
-from .errors import ApiError, invalid_parameter, run_does_not_exist
+from .errors import ApiError, invalid_parameter, run_does_not_exist, serverless_disabled
 from .model import (
     LEGACY_TASK_FIELDS,
     TASK_TYPES,
@@ -56,8 +56,10 @@ class RunManager:
         clusters: ClusterManager,
         stats: Stats,
         base_url: Callable[[], str],
+        connect_url: Callable[[], str] | None = None,
     ):
         self._dir = runs_dir
+        self._connect_url = connect_url or _no_serverless
         self._dir.mkdir(parents=True, exist_ok=True)
         self._host = host
         self._dbfs = host.dbfs
@@ -89,7 +91,8 @@ class RunManager:
         timeout = body.get("timeout_seconds", 0) or 0
         if not isinstance(timeout, int) or timeout < 0:
             raise invalid_parameter("timeout_seconds must be a non-negative integer")
-        task_specs, legacy = self._task_specs(body)
+        environments = self._environments(body)
+        task_specs, legacy = self._task_specs(body, environments)
 
         with self._lock:
             if self._shutting_down:
@@ -134,6 +137,8 @@ class RunManager:
                             self._clusters.existing(spec["existing_cluster_id"])
                             if spec.get("existing_cluster_id") is not None
                             else self._clusters.new_job_cluster(spec["new_cluster"])
+                            if spec.get("new_cluster") is not None
+                            else self._clusters.serverless(spec["environment_key"])
                         ),
                     )
                 )
@@ -145,6 +150,7 @@ class RunManager:
                 tasks=tasks,
                 legacy=legacy,
                 timeout_seconds=timeout,
+                environments=[environments[k] for k in sorted(environments)],
             )
             run.state_history.append("PENDING")
             self._runs[run_id] = run
@@ -153,7 +159,15 @@ class RunManager:
             if token is not None:
                 self._by_token[token] = run_id
             self._stats.run_submitted(
-                run_id, [lib for t in tasks for lib in t.spec.get("libraries", [])]
+                run_id,
+                [
+                    *(lib for t in tasks for lib in t.spec.get("libraries", [])),
+                    *(
+                        {"environment_dependency": dep}
+                        for env in run.environments
+                        for dep in (env.get("spec") or {}).get("dependencies", [])
+                    ),
+                ],
             )
             if timeout:
                 run.timeout_timer = threading.Timer(timeout, self._time_out, args=(run,))
@@ -165,7 +179,36 @@ class RunManager:
             run.thread.start()
         return {"run_id": run_id}
 
-    def _task_specs(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    def _environments(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The run's serverless environments by key (validated)."""
+        raw = body.get("environments")
+        if raw is None:
+            return {}
+        if not isinstance(raw, list):
+            raise invalid_parameter("environments must be a list")
+        out: dict[str, dict[str, Any]] = {}
+        for env in raw:
+            key = env.get("environment_key") if isinstance(env, dict) else None
+            if not isinstance(key, str) or not key:
+                raise invalid_parameter("Each environment needs an environment_key")
+            if key in out:
+                raise invalid_parameter(f"Duplicate environment_key {key}")
+            spec = env.get("spec", {})
+            if not isinstance(spec, dict):
+                raise invalid_parameter(f"Environment {key}: spec must be an object")
+            deps = spec.get("dependencies", [])
+            if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+                raise invalid_parameter(
+                    f"Environment {key}: spec.dependencies must be a list of strings"
+                )
+            out[key] = env
+        if out and not self._settings.serverless:
+            raise serverless_disabled()
+        return out
+
+    def _task_specs(
+        self, body: dict[str, Any], environments: dict[str, dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Validate the submitted tasks; the legacy single-task form becomes one task."""
         if "tasks" in body:
             tasks = body["tasks"]
@@ -214,7 +257,35 @@ class RunManager:
                 )
             has_existing = task.get("existing_cluster_id") is not None
             has_new = task.get("new_cluster") is not None
-            if has_existing == has_new:
+            env_key = task.get("environment_key")
+            if env_key is not None:
+                if not self._settings.serverless:
+                    raise serverless_disabled()
+                if has_existing or has_new:
+                    raise invalid_parameter(
+                        f"Task {key}: environment_key (serverless) cannot be combined with "
+                        "existing_cluster_id or new_cluster"
+                    )
+                if env_key not in environments:
+                    raise invalid_parameter(
+                        f"Task {key} references environment_key {env_key!r}, which is not "
+                        "defined in the job's environments"
+                    )
+                if task.get("libraries"):
+                    # Databricks' own words (400 INVALID_PARAMETER_VALUE).
+                    raise invalid_parameter(
+                        "Libraries field is not supported for serverless task, please specify "
+                        "libraries in environment."
+                    )
+                continue
+            if not has_existing and not has_new:
+                raise invalid_parameter(
+                    f"Task {key} requires a cluster or an environment to run: specify one of "
+                    "existing_cluster_id, new_cluster, environment_key"
+                    + ("" if self._settings.serverless else " (serverless is not enabled)")
+                    + "."
+                )
+            if has_existing and has_new:
                 raise invalid_parameter(
                     f"Task {key}: exactly one of existing_cluster_id or new_cluster is required"
                 )
@@ -297,12 +368,21 @@ class RunManager:
 
         task_timeout = spec.get("timeout_seconds") or 0
         timer: threading.Timer | None = None
+        remote: str | None = None
+        if cluster.serverless:
+            try:
+                remote = self._connect_url()
+            except OSError as exc:
+                self._finish_task(
+                    task, None, f"Serverless compute failed: {exc}", life_cycle="INTERNAL_ERROR"
+                )
+                return
         with self._lock:
             if run.cancel_event.is_set():
                 proc = None
             else:
                 try:
-                    proc = start_task_process(run, task, self._host)
+                    proc = start_task_process(run, task, self._host, remote=remote)
                 except OSError as exc:
                     self._finish_task(
                         task, None, f"Could not start the task: {exc}", life_cycle="INTERNAL_ERROR"
@@ -544,6 +624,10 @@ class RunManager:
 
     def _task_as_run_json(self, run: Run, task: TaskRun) -> dict[str, Any]:
         return run_json.task_as_run_json(run, task, self._page_url)
+
+
+def _no_serverless() -> str:
+    raise OSError("this emulator has no serverless compute")
 
 
 def _safe_name(name: str) -> str:

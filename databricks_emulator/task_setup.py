@@ -130,9 +130,23 @@ logger.sparkutils.level = error
 """
 
 
-def start_task_process(run: Run, task: TaskRun, host: TaskHost) -> TaskProcess:
+def start_task_process(
+    run: Run, task: TaskRun, host: TaskHost, remote: str | None = None
+) -> TaskProcess:
+    """Start the task; ``remote`` (``sc://...``) makes it a serverless task on Spark Connect."""
     dbfs, secrets, settings = host.dbfs, host.secrets, host.settings
-    wheels = library_paths(task.spec.get("libraries", []), host)
+    libraries = list(task.spec.get("libraries", []))
+    if remote is not None:
+        # Serverless: wheels come from the environment's dependencies (pypi names are recorded).
+        env_key = task.spec.get("environment_key")
+        for env in run.environments:
+            if env.get("environment_key") == env_key:
+                libraries += [
+                    {"whl": dep}
+                    for dep in (env.get("spec") or {}).get("dependencies", [])
+                    if dep.endswith(".whl") and (dep.startswith("/") or dep.startswith("dbfs:"))
+                ]
+    wheels = library_paths(libraries, host)
     task.dir.mkdir(parents=True, exist_ok=True)
     work_dir = task.dir / "work"
     work_dir.mkdir(exist_ok=True)
@@ -159,11 +173,12 @@ def start_task_process(run: Run, task: TaskRun, host: TaskHost) -> TaskProcess:
         "secrets_file": str(secrets_file),
         "error_file": str(task.dir / "error.json"),
         "eager_spark": settings.eager_spark,
+        "serverless": remote is not None,
     }
     spec_file.write_text(json.dumps(spec, indent=2))
     return TaskProcess(
         host.mounts.wrap([host.python, "-m", BOOTSTRAP_MODULE, str(spec_file)]),
-        env=task_env(run, task, host, conf_dir, wheels),
+        env=task_env(run, task, host, conf_dir, wheels, remote),
         cwd=work_dir,
         stdout=task.stdout_path,
         stderr=task.stderr_path,
@@ -171,7 +186,12 @@ def start_task_process(run: Run, task: TaskRun, host: TaskHost) -> TaskProcess:
 
 
 def task_env(
-    run: Run, task: TaskRun, host: TaskHost, conf_dir: Path, wheels: list[str]
+    run: Run,
+    task: TaskRun,
+    host: TaskHost,
+    conf_dir: Path,
+    wheels: list[str],
+    remote: str | None = None,
 ) -> dict[str, str]:
     # A cluster does not know the caller's credentials or Spark launcher settings.
     env = {
@@ -210,6 +230,10 @@ def task_env(
         }
     )
     env.update(task.cluster.spark_env_vars)
+    if remote is not None:
+        # Serverless: SparkSession.builder.getOrCreate() gives a Spark Connect session.
+        env["SPARK_REMOTE"] = remote
+        env.pop("DB_CLUSTER_ID", None)
     return env
 
 
