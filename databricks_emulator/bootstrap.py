@@ -155,7 +155,10 @@ def main(argv: list[str]) -> int:
 
     volumes_root = spec.get("volumes_root")
     dbutils = DBUtils(
-        DbfsRoot(spec["dbfs_root"]), secrets, Path(volumes_root) if volumes_root else None
+        DbfsRoot(spec["dbfs_root"]),
+        secrets,
+        Path(volumes_root) if volumes_root else None,
+        dbfs_enabled=spec.get("dbfs_enabled", True),
     )
     spark = LazySparkSession()
     sc = LazySparkContext(spark)

@@ -34,10 +34,15 @@ class SecretNotFoundError(Exception):
     pass
 
 
+class DbfsDisabledError(Exception):
+    """dbutils.fs on DBFS when the workspace's DBFS root is disabled."""
+
+
 class FsUtils:
-    def __init__(self, dbfs: DbfsRoot, volumes_root: Path | None = None):
+    def __init__(self, dbfs: DbfsRoot, volumes_root: Path | None = None, dbfs_enabled: bool = True):
         self._dbfs = dbfs
         self._volumes = volumes_root.resolve() if volumes_root else None
+        self._dbfs_enabled = dbfs_enabled
 
     def _local(self, path: str) -> Path:
         if path.startswith("file:"):
@@ -49,6 +54,11 @@ class FsUtils:
         if self._volumes is not None and canonical.startswith("/Volumes/"):
             # dbfs:/Volumes/... and /Volumes/... are Unity Catalog volumes.
             return self._volumes.joinpath(canonical[len("/Volumes/") :])
+        if not self._dbfs_enabled:
+            raise DbfsDisabledError(
+                "[DBFS_DISABLED] Public DBFS root is disabled. Access is denied on path: "
+                f"{canonical} SQLSTATE: 56038"
+            )
         return self._dbfs.local(canonical)
 
     def _uri(self, local: Path) -> str:
@@ -172,8 +182,9 @@ class DBUtils:
         dbfs: DbfsRoot,
         secrets: dict[str, dict[str, str]],
         volumes_root: Path | None = None,
+        dbfs_enabled: bool = True,
     ):
-        self.fs = FsUtils(dbfs, volumes_root)
+        self.fs = FsUtils(dbfs, volumes_root, dbfs_enabled)
         self.secrets = SecretsUtils(secrets)
 
     def __repr__(self) -> str:

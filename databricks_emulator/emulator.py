@@ -100,7 +100,7 @@ class DatabricksEmulator:
         self.faults = FaultInjector()
         self.secrets = SecretStore()
         self.permissions = PermissionStore()
-        self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads")
+        self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads", enabled=config.dbfs_root)
         self.volumes = VolumeStore(self.root / "volumes")
         for name in config.volumes:
             self.volumes.create(name)

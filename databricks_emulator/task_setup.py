@@ -174,6 +174,7 @@ def start_task_process(
         "error_file": str(task.dir / "error.json"),
         "eager_spark": settings.eager_spark,
         "serverless": remote is not None,
+        "dbfs_enabled": host.dbfs_enabled,
     }
     spec_file.write_text(json.dumps(spec, indent=2))
     return TaskProcess(
@@ -247,8 +248,9 @@ def write_spark_conf(conf_dir: Path, task: TaskRun, host: TaskHost) -> None:
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
-        # Databricks' default warehouse, dbfs:/user/hive/warehouse, in our DBFS folder.
-        "spark.sql.warehouse.dir": f"{dbfs_uri}/user/hive/warehouse",
+        # Databricks' default warehouse, dbfs:/user/hive/warehouse, in our DBFS folder (without a
+        # DBFS root, hive_metastore managed tables fail there as on Databricks).
+        "spark.sql.warehouse.dir": f"{dbfs_uri if host.dbfs_enabled else 'dbfs:'}/user/hive/warehouse",
         # Make dbfs:/ URIs work in Spark itself: Hadoop's view file system with every path
         # falling back to the local DBFS folder, so spark.read/write("dbfs:/x") hit <root>/dbfs/x.
         "spark.hadoop.fs.dbfs.impl": "org.apache.hadoop.fs.viewfs.ViewFileSystemOverloadScheme",
