@@ -26,6 +26,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -c 'import site, pathlib; pathlib.Path(site.getsitepackages()[0], "fanout_dagster_dev.pth").write_text("$(CURDIR)\n")'
+	@# The Databricks emulator's Spark plugins (Unity Catalog names, disabled DBFS): compiled
+	@# with javac against pyspark's jars into an ignored build folder (rebuilt when stale).
+	@if command -v javac >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/javac" ]; then $(PY) -m databricks_emulator.unity_catalog; else echo "warning: no javac (Java 17 JDK): the Databricks emulator builds its Spark plugins on first use"; fi
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -1,8 +1,10 @@
 """A local Databricks workspace emulator for development and tests.
 
-Speaks the real Databricks REST API (jobs runs, DBFS, clusters, secrets) on 127.0.0.1 with a
-bearer token, and really executes ``spark_python_task`` runs as local PySpark processes, so the
-unmodified ``dagster_databricks`` step launcher and ``databricks-sdk`` work against it.
+Speaks the real Databricks REST API (jobs runs on classic and serverless compute, DBFS, the Files
+API on Unity Catalog volumes, clusters, secrets) on 127.0.0.1 with a bearer token, and really
+executes ``spark_python_task`` runs as local PySpark processes (Delta and Unity Catalog names
+configured), so the unmodified ``dagster_databricks`` and ``databricks-sdk`` work against it.
+See README.md beside this file.
 
     from databricks_emulator import run_emulator
 

@@ -14,13 +14,22 @@ import sys
 import threading
 from pathlib import Path
 
-from .emulator import DatabricksEmulator, EmulatorConfig, generate_token, load_cluster_config
+from .emulator import (
+    DatabricksEmulator,
+    EmulatorConfig,
+    generate_token,
+    load_cluster_config,
+    load_volume_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m databricks_emulator",
-        description="Local Databricks workspace emulator (jobs runs, DBFS, clusters, secrets) on 127.0.0.1.",
+        description=(
+            "Local Databricks workspace emulator on 127.0.0.1: jobs runs (classic clusters and "
+            "serverless), DBFS, Unity Catalog volumes (Files API), clusters, secrets."
+        ),
     )
     parser.add_argument(
         "--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)"
@@ -46,7 +55,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cluster-config",
         type=Path,
         default=None,
-        help='JSON file {"clusters": {id: {spark_conf, spark_env_vars, ...}}, "secrets": {scope: {key: value}}}',
+        help='JSON file {"clusters": {id: {spark_conf, spark_env_vars, ...}}, "secrets": {scope: {key: value}}, '
+        '"volumes": ["catalog.schema.volume", ...]}',
+    )
+    parser.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        metavar="CATALOG.SCHEMA.VOLUME",
+        help="declare a Unity Catalog volume (repeatable): Files API and /Volumes/... in tasks",
+    )
+    parser.add_argument(
+        "--catalog",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Unity Catalog catalog tasks can use with three-level names (repeatable; "
+        "default: main; catalogs of --volume are added)",
+    )
+    parser.add_argument(
+        "--no-serverless",
+        action="store_true",
+        help="a workspace without serverless compute: serverless task submits are refused",
+    )
+    parser.add_argument(
+        "--no-dbfs-root",
+        action="store_true",
+        help='a workspace with "DBFS root and mounts" disabled: DBFS API and /dbfs/ are denied',
+    )
+    parser.add_argument(
+        "--max-active-task-runs",
+        type=int,
+        default=1000,
+        help="concurrently active task runs per workspace before runs/submit answers 429 "
+        "(default 1000, the documented limit)",
     )
     parser.add_argument(
         "--spark-master", default="local[2]", help="Spark master for every task (default local[2])"
@@ -78,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     clusters, secrets = (
         load_cluster_config(args.cluster_config) if args.cluster_config else ({}, {})
     )
+    volumes = [
+        *(load_volume_config(args.cluster_config) if args.cluster_config else []),
+        *args.volume,
+    ]
     emu = DatabricksEmulator(
         EmulatorConfig(
             root=args.root,
@@ -89,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             auto_create_clusters=not args.strict_clusters,
             jvm_quick_start=not args.no_jvm_quick_start,
             clusters=clusters,
+            volumes=volumes,
+            catalogs=args.catalog or ["main"],
+            serverless=not args.no_serverless,
+            dbfs_root=not args.no_dbfs_root,
+            max_active_task_runs=args.max_active_task_runs,
         )
     )
     for scope, values in secrets.items():
@@ -100,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     emu.start()
     print(f"Databricks emulator on {emu.host} (DBFS: {emu.dbfs_root}, runs: {emu.root / 'runs'})")
+    if emu.volumes.names():
+        print(f"Volumes ({emu.volumes.root}): {', '.join(emu.volumes.names())}")
     print("Point clients at it with:")
     print(f"  export DATABRICKS_HOST={emu.host}")
     print(f"  export DATABRICKS_TOKEN={emu.token}")

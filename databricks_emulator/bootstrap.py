@@ -108,6 +108,16 @@ def _stop_spark() -> None:
     """Stop Spark if anything started it, and wait for the JVM so it is reaped by us."""
     if "pyspark" not in sys.modules:
         return
+    if "pyspark.sql.connect.session" in sys.modules:
+        # Serverless: end the Spark Connect session (the server is the workspace's).
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        try:
+            active = ConnectSession.getActiveSession()
+            if active is not None:
+                active.stop()
+        except Exception:  # noqa: BLE001 - the server may be gone; keep shutting down
+            pass
     from pyspark import SparkContext
 
     gateway = SparkContext._gateway  # noqa: SLF001 - the only handle on the JVM process
@@ -143,7 +153,13 @@ def main(argv: list[str]) -> int:
     secrets: dict[str, dict[str, str]] = json.loads(secrets_file.read_text())
     secrets_file.unlink()  # secret values do not stay on disk longer than needed
 
-    dbutils = DBUtils(DbfsRoot(spec["dbfs_root"]), secrets)
+    volumes_root = spec.get("volumes_root")
+    dbutils = DBUtils(
+        DbfsRoot(spec["dbfs_root"]),
+        secrets,
+        Path(volumes_root) if volumes_root else None,
+        dbfs_enabled=spec.get("dbfs_enabled", True),
+    )
     spark = LazySparkSession()
     sc = LazySparkContext(spark)
     _install_pyspark_dbutils(dbutils)
@@ -151,8 +167,9 @@ def main(argv: list[str]) -> int:
 
     python_file: str = spec["python_file"]
     sys.argv = [python_file, *spec["parameters"]]
-    # Like `python python_file`: the script's folder first on sys.path (not ours).
-    sys.path[0] = os.path.dirname(os.path.abspath(python_file))
+    # Like `python python_file`: the script's folder first on sys.path. The rest is the cluster's
+    # interpreter path (see task_python): this package, the run's wheels, site-packages.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(python_file)))
 
     exit_code = 0
     try:

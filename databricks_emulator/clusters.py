@@ -59,6 +59,10 @@ class Cluster:
     def spark_env_vars(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in (self.spec.get("spark_env_vars") or {}).items()}
 
+    @property
+    def serverless(self) -> bool:
+        return self.source == "SERVERLESS"
+
     def instance(self) -> dict[str, str]:
         """The jobs API ``cluster_instance`` (its spark_context_id is a string there)."""
         return {"cluster_id": self.cluster_id, "spark_context_id": str(self.spark_context_id)}
@@ -148,6 +152,12 @@ class ClusterManager:
                 self._clusters[cluster_id] = cluster
             return cluster
 
+    def serverless(self, environment_key: str) -> Cluster:
+        """Serverless compute for one task: nothing to start, not listed by clusters/*."""
+        cluster = Cluster(cluster_id=f"serverless-{environment_key}", spec={}, source="SERVERLESS")
+        self._mark_running(cluster)
+        return cluster
+
     def new_job_cluster(self, spec: dict[str, Any]) -> Cluster:
         cluster = Cluster(cluster_id=new_cluster_id(), spec=copy.deepcopy(spec), source="JOB")
         with self._lock:
@@ -184,6 +194,8 @@ class ClusterManager:
 
     def wait_until_running(self, cluster: Cluster, cancelled: threading.Event) -> bool:
         """Start the cluster if needed and wait for it; False if ``cancelled`` fired first."""
+        if cluster.serverless:
+            return True  # no cluster start latency
         with self._lock:
             if cluster.state not in ("RUNNING", "PENDING"):
                 self._begin_start(cluster)

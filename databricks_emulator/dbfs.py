@@ -37,6 +37,17 @@ DEFAULT_READ_BYTES = 512 * 1024
 HANDLE_IDLE_TIMEOUT_SECONDS = 600.0
 
 
+def dbfs_root_disabled(path: str) -> ApiError:
+    """What the DBFS API answers on a workspace whose DBFS root is disabled (the message is
+    Databricks'; it is an access denial, 403 PERMISSION_DENIED)."""
+    shown = path[len("dbfs:") :] if path.startswith("dbfs:") else path
+    return ApiError(
+        403,
+        "PERMISSION_DENIED",
+        f"Public DBFS root is disabled. Access is denied on path: {shown}",
+    )
+
+
 def _no_such_path(path: str) -> ApiError:
     return does_not_exist(f"No file or directory exists on path {path}.")
 
@@ -53,7 +64,9 @@ class _OpenStream:
 class DbfsService:
     """Implements the DBFS operations on ``<root>`` (thread-safe)."""
 
-    def __init__(self, dbfs_root: Path, uploads_dir: Path):
+    def __init__(self, dbfs_root: Path, uploads_dir: Path, enabled: bool = True):
+        # enabled=False: a workspace whose "DBFS root and mounts" access is disabled.
+        self.enabled = enabled
         self.paths = DbfsRoot(dbfs_root)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         # In-flight uploads live outside the DBFS root so that listings never show them.
@@ -70,6 +83,8 @@ class DbfsService:
     def _resolve(self, path: Any) -> tuple[str, Path]:
         if not isinstance(path, str):
             raise invalid_parameter("Missing required field: path")
+        if not self.enabled:
+            raise dbfs_root_disabled(path)
         try:
             local = self.paths.local(path)
         except ValueError as exc:
@@ -149,6 +164,8 @@ class DbfsService:
         return {"handle": handle}
 
     def _stream(self, body: dict[str, Any]) -> tuple[int, _OpenStream]:
+        if not self.enabled:
+            raise dbfs_root_disabled("/")
         handle = body.get("handle")
         if not isinstance(handle, int) or isinstance(handle, bool):
             raise invalid_parameter("Missing required field: handle")

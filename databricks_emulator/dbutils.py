@@ -9,11 +9,12 @@ absolute path or ``dbfs:/...`` is DBFS, ``file:/...`` is the local disk.
 from __future__ import annotations
 
 import base64
+import builtins
 import shutil
 from collections import namedtuple
 from pathlib import Path
 
-from .paths import DbfsRoot
+from .paths import DbfsRoot, normalize_dbfs_path
 
 
 class FileInfo(namedtuple("FileInfo", ["path", "name", "size", "modificationTime"])):
@@ -33,19 +34,36 @@ class SecretNotFoundError(Exception):
     pass
 
 
+class DbfsDisabledError(Exception):
+    """dbutils.fs on DBFS when the workspace's DBFS root is disabled."""
+
+
 class FsUtils:
-    def __init__(self, dbfs: DbfsRoot):
+    def __init__(self, dbfs: DbfsRoot, volumes_root: Path | None = None, dbfs_enabled: bool = True):
         self._dbfs = dbfs
+        self._volumes = volumes_root.resolve() if volumes_root else None
+        self._dbfs_enabled = dbfs_enabled
 
     def _local(self, path: str) -> Path:
         if path.startswith("file:"):
             return Path(path[len("file:") :]).resolve()
         try:
-            return self._dbfs.local(path)
+            canonical = normalize_dbfs_path(path)
         except ValueError as exc:
             raise ValueError(f"Invalid DBFS path {path!r}: {exc}") from None
+        if self._volumes is not None and canonical.startswith("/Volumes/"):
+            # dbfs:/Volumes/... and /Volumes/... are Unity Catalog volumes.
+            return self._volumes.joinpath(canonical[len("/Volumes/") :])
+        if not self._dbfs_enabled:
+            raise DbfsDisabledError(
+                "[DBFS_DISABLED] Public DBFS root is disabled. Access is denied on path: "
+                f"{canonical} SQLSTATE: 56038"
+            )
+        return self._dbfs.local(canonical)
 
     def _uri(self, local: Path) -> str:
+        if self._volumes is not None and local.resolve().is_relative_to(self._volumes):
+            return "dbfs:/Volumes/" + local.resolve().relative_to(self._volumes).as_posix()
         try:
             return "dbfs:" + self._dbfs.to_dbfs(local)
         except ValueError:
@@ -151,7 +169,7 @@ class SecretsUtils:
             raise SecretNotFoundError(f"Scope {scope} does not exist")
         return [SecretMetadata(k) for k in sorted(self._secrets[scope])]
 
-    def listScopes(self) -> list[SecretScope]:  # noqa: N802
+    def listScopes(self) -> builtins.list[SecretScope]:  # noqa: N802
         return [SecretScope(s) for s in sorted(self._secrets)]
 
     def __repr__(self) -> str:
@@ -159,8 +177,14 @@ class SecretsUtils:
 
 
 class DBUtils:
-    def __init__(self, dbfs: DbfsRoot, secrets: dict[str, dict[str, str]]):
-        self.fs = FsUtils(dbfs)
+    def __init__(
+        self,
+        dbfs: DbfsRoot,
+        secrets: dict[str, dict[str, str]],
+        volumes_root: Path | None = None,
+        dbfs_enabled: bool = True,
+    ):
+        self.fs = FsUtils(dbfs, volumes_root, dbfs_enabled)
         self.secrets = SecretsUtils(secrets)
 
     def __repr__(self) -> str:

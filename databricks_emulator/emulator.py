@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets as _secrets
+import sys
 import tempfile
 import threading
 import time
@@ -27,9 +28,14 @@ from .faults import FaultInjector
 from .model import TERMINAL_STATES, RunSettings
 from .permissions import PermissionStore
 from .runs import RunManager
+from .sandbox import TaskMounts
 from .secrets import SecretStore
 from .server import EmulatorHTTPServer
+from .serverless import ConnectServer
 from .stats import Stats
+from .task_python import write_wrapper
+from .task_setup import PACKAGE_DIR, TaskHost
+from .volumes import FilesApi, VolumeStore
 
 
 @dataclass
@@ -50,6 +56,16 @@ class EmulatorConfig:
     jvm_quick_start: bool = (
         True  # faster driver JVM start (C1 JIT, serial GC); see runs.RunSettings
     )
+    # Unity Catalog volumes ("catalog.schema.volume") for the Files API and /Volumes in tasks.
+    volumes: list[str] = field(default_factory=list)
+    # Unity Catalog catalogs tasks can use with three-level names (volumes add theirs).
+    catalogs: list[str] = field(default_factory=lambda: ["main"])
+    # The documented limit of concurrently active task runs per workspace (429 beyond it).
+    max_active_task_runs: int = 1000
+    # Serverless compute for jobs (tasks with environment_key and no cluster).
+    serverless: bool = True
+    # False: a workspace whose "DBFS root and mounts" access is disabled.
+    dbfs_root: bool = True
 
 
 def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
@@ -61,6 +77,14 @@ def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str
             c["cluster_id"]: {k: v for k, v in c.items() if k != "cluster_id"} for c in clusters
         }
     return dict(clusters), dict(data.get("secrets", {}))
+
+
+def load_volume_config(path: Path) -> list[str]:
+    """The ``"volumes": ["catalog.schema.volume", ...]`` list of the same config file."""
+    volumes = json.loads(Path(path).read_text()).get("volumes", [])
+    if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
+        raise ValueError(f"{path}: 'volumes' must be a list of catalog.schema.volume names")
+    return list(volumes)
 
 
 class DatabricksEmulator:
@@ -76,7 +100,11 @@ class DatabricksEmulator:
         self.faults = FaultInjector()
         self.secrets = SecretStore()
         self.permissions = PermissionStore()
-        self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads")
+        self.dbfs = DbfsService(self.root / "dbfs", self.root / "uploads", enabled=config.dbfs_root)
+        self.volumes = VolumeStore(self.root / "volumes")
+        for name in config.volumes:
+            self.volumes.create(name)
+        self.files_api = FilesApi(self.volumes, self.root / "uploads")
         self.clusters = ClusterManager(
             self.stats_recorder,
             config.cluster_start_seconds,
@@ -86,20 +114,35 @@ class DatabricksEmulator:
             spec = dict(spec)
             running = bool(spec.pop("running", False))
             self.clusters.define(cluster_id, spec, running=running)
-        self.runs = RunManager(
-            self.root / "runs",
-            self.dbfs.paths,
-            self.clusters,
-            self.secrets,
-            self.stats_recorder,
-            RunSettings(
+        self.task_host = TaskHost(
+            dbfs=self.dbfs.paths,
+            volumes_root=self.volumes.root,
+            secrets=self.secrets,
+            settings=RunSettings(
                 spark_master=config.spark_master,
                 eager_spark=config.eager_spark,
                 cancel_grace_seconds=config.cancel_grace_seconds,
                 extra_spark_conf=dict(config.extra_spark_conf),
                 jvm_quick_start=config.jvm_quick_start,
+                max_active_task_runs=config.max_active_task_runs,
+                serverless=config.serverless,
             ),
+            mounts=TaskMounts(
+                self.volumes.root, self.dbfs.paths.root, dbfs_enabled=config.dbfs_root
+            ),
+            python=write_wrapper(str(self.root / "task-env"), str(PACKAGE_DIR), sys.executable),
+            uc_root=self.root / "unity-catalog",
+            catalogs=sorted({*config.catalogs, *self.volumes.catalogs()}),
+            dbfs_enabled=config.dbfs_root,
+        )
+        self.connect_server = ConnectServer(self.task_host, self.root / "serverless")
+        self.runs = RunManager(
+            self.root / "runs",
+            self.task_host,
+            self.clusters,
+            self.stats_recorder,
             base_url=lambda: self.host,
+            connect_url=self.connect_server.url,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -110,6 +153,7 @@ class DatabricksEmulator:
     def start(self) -> DatabricksEmulator:
         """Bind 127.0.0.1 (loopback only) and serve in a background thread."""
         self._bind()
+        assert self._server is not None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -130,6 +174,7 @@ class DatabricksEmulator:
             self._server.stopped = True
         self.runs.shutdown()
         self.clusters.shutdown()
+        self.connect_server.stop()
         if self._server is not None:
             if self._thread is not None:
                 self._server.shutdown()
@@ -202,6 +247,14 @@ class DatabricksEmulator:
             full["spark_env_vars"] = dict(spark_env_vars)
         self.clusters.define(cluster_id, full, running=running)
 
+    def create_volume(self, name: str) -> Path:
+        """Declare the Unity Catalog volume ``catalog.schema.volume``; returns its folder."""
+        folder = self.volumes.create(name)
+        catalog = name.split(".")[0]
+        if catalog not in self.task_host.catalogs:
+            self.task_host.catalogs.append(catalog)  # tasks started from now on have it
+        return folder
+
     def run_state_history(self, run_id: int) -> list[str]:
         """Every run-level life_cycle_state the run went through, in order."""
         return self.runs.state_history(run_id)
@@ -273,6 +326,16 @@ class DatabricksEmulator:
         running = bool(spec.pop("running", False))
         self.clusters.define(cluster_id, spec, running=running)
         return {}
+
+    def admin_create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.create_volume(body.get("name", ""))
+        except ValueError as exc:
+            raise invalid_parameter(str(exc)) from None
+        return {"volumes": self.volumes.names()}
+
+    def admin_list_volumes(self, _query: dict[str, Any]) -> dict[str, Any]:
+        return {"volumes": self.volumes.names()}
 
     def admin_run_page(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.run_page(int(params["run_id"]))

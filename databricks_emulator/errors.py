@@ -16,16 +16,33 @@ class ApiError(Exception):
     """An error answered to the client as a Databricks error body."""
 
     def __init__(
-        self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        error_code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ):
         super().__init__(f"{error_code}: {message}")
         self.status = status
         self.error_code = error_code
         self.message = message
         self.headers = headers or {}
+        # google.rpc.ErrorInfo reason in "details" (the Files API uses it, e.g.
+        # FILES_API_DIRECTORY_IS_NOT_EMPTY, and clients key off it).
+        self.reason = reason
 
     def body(self) -> dict[str, Any]:
-        return {"error_code": self.error_code, "message": self.message}
+        body: dict[str, Any] = {"error_code": self.error_code, "message": self.message}
+        if self.reason:
+            body["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.reason,
+                    "domain": "filesystem.databricks.com",
+                }
+            ]
+        return body
 
 
 def invalid_parameter(message: str) -> ApiError:
@@ -52,3 +69,13 @@ def run_does_not_exist(run_id: Any) -> ApiError:
 def cluster_does_not_exist(cluster_id: Any) -> ApiError:
     # Same pattern as runs: 400 INVALID_PARAMETER_VALUE "Cluster <id> does not exist".
     return ApiError(400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist")
+
+
+def serverless_disabled() -> ApiError:
+    # A workspace without serverless compute for jobs (emulator: --no-serverless).
+    return ApiError(
+        400,
+        "FEATURE_DISABLED",
+        "Serverless compute is not enabled for this workspace. Specify a cluster "
+        "(existing_cluster_id or new_cluster) for every task.",
+    )

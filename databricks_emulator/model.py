@@ -82,6 +82,7 @@ class Run:
     thread: threading.Thread | None = None
     timeout_timer: threading.Timer | None = None
     state_history: list[str] = field(default_factory=list)
+    environments: list[dict[str, Any]] = field(default_factory=list)  # serverless environments
 
     def task(self, key: str) -> TaskRun:
         return next(t for t in self.tasks if t.task_key == key)
@@ -96,3 +97,6 @@ class RunSettings:
     # C1-only JIT + serial GC: the driver JVM starts ~40% faster, which dominates small tasks.
     # Not applied when the cluster spec sets its own spark.driver.extraJavaOptions.
     jvm_quick_start: bool = True
+    # Concurrently active task runs per workspace before runs/submit answers 429.
+    max_active_task_runs: int = 1000
+    serverless: bool = True  # the workspace has serverless compute for jobs

@@ -58,6 +58,17 @@ class TaskProcess:
             self._kill_timer.daemon = True
             self._kill_timer.start()
 
+    def poll(self) -> int | None:
+        """None while the process runs; else its exit status (it is left for wait() to reap)."""
+        with self._lock:
+            if self._reaped:
+                return self._popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return -1
+        return None if info is None else info.si_status
+
     def wait(self) -> int:
         """Block until the task ends; returns its exit code (negative: killed by a signal)."""
         # Leaves the leader as a zombie so its pid/pgid cannot be reused yet (PEP 475 retries EINTR).

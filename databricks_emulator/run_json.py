@@ -72,9 +72,10 @@ def task_json(run: Run, task: TaskRun, page_url: PageUrl) -> dict[str, Any]:
             "execution_duration": ((end or now_ms()) - running) if running else 0,
             "cleanup_duration": 0,
             "run_page_url": page_url(run, task.run_id),
-            "cluster_instance": task.cluster.instance(),
         }
     )
+    if not task.cluster.serverless:
+        out["cluster_instance"] = task.cluster.instance()
     if task.depends_on:
         out["depends_on"] = [{"task_key": d} for d in task.depends_on]
     return out
@@ -108,10 +109,13 @@ def run_json(run: Run, page_url: PageUrl) -> dict[str, Any]:
         "run_page_url": page_url(run, run.run_id),
         "tasks": [task_json(run, t, page_url) for t in run.tasks],
     }
+    if run.environments:
+        out["environments"] = run.environments
     if len(run.tasks) == 1:
         # Single-task runs also carry the cluster at the top (the launcher reads either place).
         task = run.tasks[0]
-        out["cluster_instance"] = task.cluster.instance()
+        if not task.cluster.serverless:
+            out["cluster_instance"] = task.cluster.instance()
         cluster_spec = {k: task.spec[k] for k in LEGACY_TASK_FIELDS if k in task.spec}
         if cluster_spec:
             out["cluster_spec"] = cluster_spec
@@ -144,6 +148,6 @@ def task_as_run_json(run: Run, task: TaskRun, page_url: PageUrl) -> dict[str, An
         "execution_duration": task_body["execution_duration"],
         "cleanup_duration": 0,
         "run_page_url": task_body["run_page_url"],
-        "cluster_instance": task.cluster.instance(),
+        **({} if task.cluster.serverless else {"cluster_instance": task.cluster.instance()}),
         "tasks": [task_body],
     }

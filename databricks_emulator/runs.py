@@ -16,6 +16,7 @@ process group (see :mod:`.task_setup` and :mod:`.process`); JSON shapes are in :
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import re
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 
 from . import run_json
 from .clusters import Cluster, ClusterManager
-from .errors import ApiError, invalid_parameter, run_does_not_exist
+from .errors import ApiError, invalid_parameter, run_does_not_exist, serverless_disabled
 from .model import (
     LEGACY_TASK_FIELDS,
     TASK_TYPES,
@@ -36,11 +37,10 @@ from .model import (
     TaskRun,
     now_ms,
 )
-from .paths import DbfsRoot
-from .secrets import SecretStore
 from .stats import Stats
-from .task_setup import deliver_cluster_logs, read_error, start_task_process, tail
+from .task_setup import TaskHost, deliver_cluster_logs, read_error, start_task_process, tail
 
+MAX_IDEMPOTENCY_TOKEN_LENGTH = 64
 OUTPUT_LOG_LIMIT = 5 * 1024 * 1024  # get-output returns at most the last 5 MB, as documented
 MULTI_TASK_OUTPUT_ERROR = (
     "Retrieving the output of runs with multiple tasks is not supported. "
@@ -52,20 +52,20 @@ class RunManager:
     def __init__(
         self,
         runs_dir: Path,
-        dbfs: DbfsRoot,
+        host: TaskHost,
         clusters: ClusterManager,
-        secrets: SecretStore,
         stats: Stats,
-        settings: RunSettings,
         base_url: Callable[[], str],
+        connect_url: Callable[[], str] | None = None,
     ):
         self._dir = runs_dir
+        self._connect_url = connect_url or _no_serverless
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._dbfs = dbfs
+        self._host = host
+        self._dbfs = host.dbfs
         self._clusters = clusters
-        self._secrets = secrets
         self._stats = stats
-        self._settings = settings
+        self._settings: RunSettings = host.settings
         self._base_url = base_url
         self._lock = threading.RLock()
         self._runs: dict[int, Run] = {}
@@ -80,12 +80,19 @@ class RunManager:
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         token = body.get("idempotency_token")
-        if token is not None and (not isinstance(token, str) or len(token) > 64):
-            raise invalid_parameter("idempotency_token must be a string of at most 64 characters")
+        if token is not None and not isinstance(token, str):
+            raise invalid_parameter("idempotency_token must be a string")
+        if token is not None and len(token) > MAX_IDEMPOTENCY_TOKEN_LENGTH:
+            # Documented: "The token must have at most 64 characters."
+            raise invalid_parameter(
+                f"Invalid idempotency_token: the token must have at most "
+                f"{MAX_IDEMPOTENCY_TOKEN_LENGTH} characters (got {len(token)})."
+            )
         timeout = body.get("timeout_seconds", 0) or 0
         if not isinstance(timeout, int) or timeout < 0:
             raise invalid_parameter("timeout_seconds must be a non-negative integer")
-        task_specs, legacy = self._task_specs(body)
+        environments = self._environments(body)
+        task_specs, legacy = self._task_specs(body, environments)
 
         with self._lock:
             if self._shutting_down:
@@ -94,6 +101,24 @@ class RunManager:
                 # Same token: same run, nothing new starts (this is what makes retries safe).
                 self._stats.idempotent_replay()
                 return {"run_id": self._by_token[token]}
+            active = sum(
+                1
+                for r in self._runs.values()
+                if r.life_cycle_state not in TERMINAL_STATES
+                for t in r.tasks
+                if t.life_cycle_state not in TERMINAL_STATES
+            )
+            if active + len(task_specs) > self._settings.max_active_task_runs:
+                # Documented: "A workspace is limited to 1000 concurrent task runs. A 429 Too
+                # Many Requests response is returned when you request a run that cannot start
+                # immediately."
+                raise ApiError(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    f"The workspace has reached its limit of "
+                    f"{self._settings.max_active_task_runs} concurrently active task runs. "
+                    "Please try again later.",
+                )
             run_id = next(self._ids)
             run_dir = self._dir / str(run_id)
             tasks = []
@@ -112,6 +137,8 @@ class RunManager:
                             self._clusters.existing(spec["existing_cluster_id"])
                             if spec.get("existing_cluster_id") is not None
                             else self._clusters.new_job_cluster(spec["new_cluster"])
+                            if spec.get("new_cluster") is not None
+                            else self._clusters.serverless(spec["environment_key"])
                         ),
                     )
                 )
@@ -123,6 +150,7 @@ class RunManager:
                 tasks=tasks,
                 legacy=legacy,
                 timeout_seconds=timeout,
+                environments=[environments[k] for k in sorted(environments)],
             )
             run.state_history.append("PENDING")
             self._runs[run_id] = run
@@ -131,7 +159,15 @@ class RunManager:
             if token is not None:
                 self._by_token[token] = run_id
             self._stats.run_submitted(
-                run_id, [lib for t in tasks for lib in t.spec.get("libraries", [])]
+                run_id,
+                [
+                    *(lib for t in tasks for lib in t.spec.get("libraries", [])),
+                    *(
+                        {"environment_dependency": dep}
+                        for env in run.environments
+                        for dep in (env.get("spec") or {}).get("dependencies", [])
+                    ),
+                ],
             )
             if timeout:
                 run.timeout_timer = threading.Timer(timeout, self._time_out, args=(run,))
@@ -143,7 +179,36 @@ class RunManager:
             run.thread.start()
         return {"run_id": run_id}
 
-    def _task_specs(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    def _environments(self, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The run's serverless environments by key (validated)."""
+        raw = body.get("environments")
+        if raw is None:
+            return {}
+        if not isinstance(raw, list):
+            raise invalid_parameter("environments must be a list")
+        out: dict[str, dict[str, Any]] = {}
+        for env in raw:
+            key = env.get("environment_key") if isinstance(env, dict) else None
+            if not isinstance(key, str) or not key:
+                raise invalid_parameter("Each environment needs an environment_key")
+            if key in out:
+                raise invalid_parameter(f"Duplicate environment_key {key}")
+            spec = env.get("spec", {})
+            if not isinstance(spec, dict):
+                raise invalid_parameter(f"Environment {key}: spec must be an object")
+            deps = spec.get("dependencies", [])
+            if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+                raise invalid_parameter(
+                    f"Environment {key}: spec.dependencies must be a list of strings"
+                )
+            out[key] = env
+        if out and not self._settings.serverless:
+            raise serverless_disabled()
+        return out
+
+    def _task_specs(
+        self, body: dict[str, Any], environments: dict[str, dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Validate the submitted tasks; the legacy single-task form becomes one task."""
         if "tasks" in body:
             tasks = body["tasks"]
@@ -192,7 +257,35 @@ class RunManager:
                 )
             has_existing = task.get("existing_cluster_id") is not None
             has_new = task.get("new_cluster") is not None
-            if has_existing == has_new:
+            env_key = task.get("environment_key")
+            if env_key is not None:
+                if not self._settings.serverless:
+                    raise serverless_disabled()
+                if has_existing or has_new:
+                    raise invalid_parameter(
+                        f"Task {key}: environment_key (serverless) cannot be combined with "
+                        "existing_cluster_id or new_cluster"
+                    )
+                if env_key not in environments:
+                    raise invalid_parameter(
+                        f"Task {key} references environment_key {env_key!r}, which is not "
+                        "defined in the job's environments"
+                    )
+                if task.get("libraries"):
+                    # Databricks' own words (400 INVALID_PARAMETER_VALUE).
+                    raise invalid_parameter(
+                        "Libraries field is not supported for serverless task, please specify "
+                        "libraries in environment."
+                    )
+                continue
+            if not has_existing and not has_new:
+                raise invalid_parameter(
+                    f"Task {key} requires a cluster or an environment to run: specify one of "
+                    "existing_cluster_id, new_cluster, environment_key"
+                    + ("" if self._settings.serverless else " (serverless is not enabled)")
+                    + "."
+                )
+            if has_existing and has_new:
                 raise invalid_parameter(
                     f"Task {key}: exactly one of existing_cluster_id or new_cluster is required"
                 )
@@ -275,12 +368,21 @@ class RunManager:
 
         task_timeout = spec.get("timeout_seconds") or 0
         timer: threading.Timer | None = None
+        remote: str | None = None
+        if cluster.serverless:
+            try:
+                remote = self._connect_url()
+            except OSError as exc:
+                self._finish_task(
+                    task, None, f"Serverless compute failed: {exc}", life_cycle="INTERNAL_ERROR"
+                )
+                return
         with self._lock:
             if run.cancel_event.is_set():
                 proc = None
             else:
                 try:
-                    proc = start_task_process(run, task, self._dbfs, self._secrets, self._settings)
+                    proc = start_task_process(run, task, self._host, remote=remote)
                 except OSError as exc:
                     self._finish_task(
                         task, None, f"Could not start the task: {exc}", life_cycle="INTERNAL_ERROR"
@@ -492,8 +594,8 @@ class RunManager:
             out["prev_page_token"] = str(max(0, offset - limit))
         return out
 
-    def state_history(self, run_id: int) -> list[str]:
-        return list(self._find_run(run_id).state_history)
+    def state_history(self, run_id: int) -> builtins.list[str]:
+        return builtins.list(self._find_run(run_id).state_history)
 
     def page(self, run_id: int) -> dict[str, Any]:
         """What ``run_page_url`` shows: the run plus the tail of each task's logs."""
@@ -522,6 +624,10 @@ class RunManager:
 
     def _task_as_run_json(self, run: Run, task: TaskRun) -> dict[str, Any]:
         return run_json.task_as_run_json(run, task, self._page_url)
+
+
+def _no_serverless() -> str:
+    raise OSError("this emulator has no serverless compute")
 
 
 def _safe_name(name: str) -> str:

@@ -1,8 +1,9 @@
 """HTTP layer: routing, bearer-token check, fault injection, Databricks-shaped errors.
 
 Routes carry the API versions real clients use (databricks-sdk 0.60: jobs on ``/api/2.2``,
-clusters on ``/api/2.1``, DBFS and secrets on ``/api/2.0``); older versions of the same
-endpoints are accepted too.
+clusters on ``/api/2.1``, DBFS, the Files API and secrets on ``/api/2.0``); older versions of
+the same endpoints are accepted too. The Files API (``/api/2.0/fs/files``, ``/fs/directories``)
+sends and answers raw bytes, so its routes are "raw" (see :mod:`.volumes`).
 
 ``/emulator/*`` is the emulator's own admin API, token-protected like the rest:
 
@@ -12,6 +13,8 @@ endpoints are accepted too.
   ``GET /emulator/faults`` (pending), ``POST /emulator/faults/clear``
 * ``POST /emulator/secrets`` ``{"scope", "key", "value"}`` (creates the scope if needed)
 * ``POST /emulator/clusters`` ``{"cluster_id", "spark_conf", "spark_env_vars", "running", ...}``
+* ``POST /emulator/volumes`` ``{"name": "catalog.schema.volume"}`` (creates a Unity Catalog
+  volume for the Files API and ``/Volumes`` in tasks); ``GET /emulator/volumes`` lists them
 * ``GET /emulator/runs/<run_id>`` -- the ``run_page_url`` target: run JSON, state history, log tails
 """
 
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError, invalid_parameter
+from .volumes import RawRequest, RawResponse
 
 if TYPE_CHECKING:
     from .emulator import DatabricksEmulator
@@ -38,12 +42,19 @@ log = logging.getLogger(__name__)
 
 class Route:
     def __init__(
-        self, method: str, pattern: str, name: str, handler: Callable[..., dict[str, Any]]
+        self,
+        method: str,
+        pattern: str,
+        name: str,
+        handler: Callable[..., Any],
+        raw: bool = False,
     ):
         self.method = method
         self.regex = re.compile(f"^{pattern}$")
         self.name = name  # the key used in stats["api_calls"]
         self.handler = handler
+        # raw: the handler takes a RawRequest and answers a RawResponse (bytes, not JSON)
+        self.raw = raw
 
 
 def build_routes(emu: DatabricksEmulator) -> list[Route]:
@@ -56,7 +67,18 @@ def build_routes(emu: DatabricksEmulator) -> list[Route]:
     d = emu.dbfs
     c = emu.clusters
     s = emu.secrets
+    fs_files = r"/api/2\.0/fs/files(?P<path>/.*)"
+    fs_dirs = r"/api/2\.0/fs/directories(?P<path>/.*)"
+    files_routes = [
+        Route(method, pattern, f"fs/{kind}/{method.lower()}", handler, raw=True)
+        for pattern, kind, handler, methods in (
+            (fs_files, "files", emu.files_api.files, ("GET", "HEAD", "PUT", "DELETE", "POST")),
+            (fs_dirs, "directories", emu.files_api.directories, ("GET", "HEAD", "PUT", "DELETE")),
+        )
+        for method in methods
+    ]
     return [
+        *files_routes,
         Route("POST", f"{jobs}/runs/submit", "jobs/runs/submit", r.submit),
         Route("GET", f"{jobs}/runs/get", "jobs/runs/get", r.get),
         Route("GET", f"{jobs}/runs/get-output", "jobs/runs/get-output", r.get_output),
@@ -95,6 +117,8 @@ def build_routes(emu: DatabricksEmulator) -> list[Route]:
         Route("POST", r"/emulator/faults/clear", "emulator/faults/clear", emu.admin_clear_faults),
         Route("POST", r"/emulator/secrets", "emulator/secrets", emu.admin_set_secret),
         Route("POST", r"/emulator/clusters", "emulator/clusters", emu.admin_define_cluster),
+        Route("POST", r"/emulator/volumes", "emulator/volumes", emu.admin_create_volume),
+        Route("GET", r"/emulator/volumes", "emulator/volumes", emu.admin_list_volumes),
         Route("GET", r"/emulator/runs/(?P<run_id>\d+)", "emulator/runs", emu.admin_run_page),
     ]
 
@@ -139,6 +163,9 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._handle("DELETE")
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle("HEAD")
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def _send_json(
@@ -147,13 +174,36 @@ class RequestHandler(BaseHTTPRequestHandler):
         payload = json.dumps(body).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        # A HEAD answer has headers only (the error is in the status).
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(payload)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _send_raw(self, response: RawResponse) -> None:
+        self.send_response(response.status)
+        headers = dict(response.headers)
+        if response.status != 204:
+            headers.setdefault("Content-Length", str(len(response.body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD" and response.status != 204 and response.body:
+            self.wfile.write(response.body)
 
     def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
@@ -172,7 +222,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
-        path = url.path.rstrip("/") or "/"
+        path = url.path if url.path.startswith("/api/2.0/fs/") else (url.path.rstrip("/") or "/")
         raw_body = self._read_body()  # always drain it so keep-alive stays in sync
         emu = self.server.emu
         if self.server.stopped:
@@ -196,6 +246,18 @@ class RequestHandler(BaseHTTPRequestHandler):
                     raise fault
             if route is None:
                 raise ApiError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+            if route.raw:
+                request = RawRequest(
+                    method=method,
+                    path=params.get("path", "/"),
+                    query={
+                        k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()
+                    },
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=raw_body,
+                )
+                self._send_raw(route.handler(request))
+                return
             args = self._arguments(url.query, raw_body)
             args.update(params)
             result = route.handler(args)

@@ -15,20 +15,103 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .clusters import Cluster
 from .model import Run, RunSettings, TaskRun
 from .paths import DbfsRoot
 from .process import TaskProcess
+from .sandbox import VOLUMES_MOUNT, TaskMounts
 from .secrets import SecretStore
+from .task_python import HIDDEN_PATHS_ENV
+from .unity_catalog import CATALOG_CLASS, DISABLED_DBFS_CLASS, plugin_jar
 
 JVM_QUICK_START_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 BOOTSTRAP_MODULE = f"{__package__}.bootstrap"
-# The folder holding our top-level package: the task process needs it on PYTHONPATH to import
-# the bootstrap even when the project is not pip-installed.
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The folder holding our top-level package (the repository root): hidden from tasks, which get
+# this package alone through the task interpreter (see task_python), as a cluster has none of the
+# working tree -- only what the run uploaded.
 PACKAGE_ROOT = Path(__file__).resolve().parents[len(__package__.split("."))]
+
+
+@dataclass
+class TaskHost:
+    """What the emulator gives every task process: file systems, secrets, interpreter."""
+
+    dbfs: DbfsRoot
+    volumes_root: Path
+    secrets: SecretStore
+    settings: RunSettings
+    mounts: TaskMounts
+    python: str  # the emulated cluster's interpreter (task_python's wrapper)
+    uc_root: Path  # Unity Catalog storage: <uc_root>/<catalog>/<schema>/<table>
+    catalogs: list[str]  # Unity Catalog catalogs (three-level names)
+    dbfs_enabled: bool = True
+
+
+DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.1.0"
+
+
+def cluster_spark_conf(host: TaskHost) -> dict[str, str]:
+    """What every emulated cluster (and the serverless Spark Connect server) has configured:
+    Delta as on Databricks, and the Unity Catalog catalogs of the workspace."""
+    jar = plugin_jar()
+    conf = {
+        # As delta.configure_spark_with_delta_pip sets it up (jars resolved by Spark's ivy).
+        "spark.jars.packages": DELTA_PACKAGE,
+        "spark.jars": jar.as_uri(),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    }
+    for catalog in host.catalogs:
+        conf[f"spark.sql.catalog.{catalog}"] = CATALOG_CLASS
+        conf[f"spark.sql.catalog.{catalog}.root"] = str(host.uc_root)
+    return conf
+
+
+class LibraryInstallError(OSError):
+    """A library of the task cannot be installed (the run ends INTERNAL_ERROR)."""
+
+
+def resolve_task_path(value: str, host: TaskHost) -> str:
+    """python_file/parameters: ``dbfs:/`` and ``/dbfs/`` always map to the DBFS folder (as the FUSE
+    mount would); ``/Volumes/...`` only when tasks cannot see the real mount."""
+    value = host.dbfs.rewrite_task_path(value)
+    if not host.mounts.available and (
+        value == VOLUMES_MOUNT or value.startswith(VOLUMES_MOUNT + "/")
+    ):
+        return str(host.volumes_root / value[len(VOLUMES_MOUNT) :].lstrip("/"))
+    return value
+
+
+def library_paths(libraries: list[Any], host: TaskHost) -> list[str]:
+    """Local files of the task's ``whl`` libraries, put on the task's path (a wheel of pure Python
+    imports from the zip, as installed); ``pypi``, ``jar`` and other kinds are only recorded."""
+    paths = []
+    for library in libraries or []:
+        if not isinstance(library, dict) or not isinstance(library.get("whl"), str):
+            continue
+        whl = library["whl"]
+        if whl.startswith("dbfs:") or whl.startswith("/dbfs/"):
+            local = Path(host.dbfs.rewrite_task_path(whl))
+        elif whl.startswith(VOLUMES_MOUNT + "/"):
+            local = host.volumes_root / whl[len(VOLUMES_MOUNT) :].lstrip("/")
+        else:
+            raise LibraryInstallError(
+                f"Library installation failed for library due to user error for whl: {whl!r}. "
+                "The emulator installs wheels from dbfs:/ or /Volumes/ paths only."
+            )
+        if not local.is_file():
+            raise LibraryInstallError(
+                f"Library installation failed for library due to user error for whl: {whl!r}. "
+                f"Error messages: File {whl} does not exist."
+            )
+        paths.append(str(local))
+    return paths
+
 
 # Spark's own logging, quiet like a job's driver log: WARN and up on stderr, minus known noise.
 # (Root at WARN also stops PySpark's "Setting default log level" banner.)
@@ -48,14 +131,28 @@ logger.sparkutils.level = error
 
 
 def start_task_process(
-    run: Run, task: TaskRun, dbfs: DbfsRoot, secrets: SecretStore, settings: RunSettings
+    run: Run, task: TaskRun, host: TaskHost, remote: str | None = None
 ) -> TaskProcess:
+    """Start the task; ``remote`` (``sc://...``) makes it a serverless task on Spark Connect."""
+    dbfs, secrets, settings = host.dbfs, host.secrets, host.settings
+    libraries = list(task.spec.get("libraries", []))
+    if remote is not None:
+        # Serverless: wheels come from the environment's dependencies (pypi names are recorded).
+        env_key = task.spec.get("environment_key")
+        for env in run.environments:
+            if env.get("environment_key") == env_key:
+                libraries += [
+                    {"whl": dep}
+                    for dep in (env.get("spec") or {}).get("dependencies", [])
+                    if dep.endswith(".whl") and (dep.startswith("/") or dep.startswith("dbfs:"))
+                ]
+    wheels = library_paths(libraries, host)
     task.dir.mkdir(parents=True, exist_ok=True)
     work_dir = task.dir / "work"
     work_dir.mkdir(exist_ok=True)
     conf_dir = task.dir / "spark-conf"
     conf_dir.mkdir(exist_ok=True)
-    write_spark_conf(conf_dir, task, dbfs, settings)
+    write_spark_conf(conf_dir, task, host)
 
     spt = task.spec["spark_python_task"]
     python_file: str = spt["python_file"]
@@ -68,54 +165,81 @@ def start_task_process(
     spec_file = task.dir / "bootstrap.json"
     spec = {
         # /dbfs/... and dbfs:/... become paths in the local DBFS folder, as the FUSE mount would.
-        "python_file": dbfs.rewrite_task_path(python_file),
-        "parameters": [dbfs.rewrite_task_path(p) for p in spt.get("parameters", [])],
+        "python_file": resolve_task_path(python_file, host),
+        "parameters": [resolve_task_path(p, host) for p in spt.get("parameters", [])],
         "dbfs_root": str(dbfs.root),
+        "volumes_root": str(host.volumes_root),
+        "library_paths": wheels,
         "secrets_file": str(secrets_file),
         "error_file": str(task.dir / "error.json"),
         "eager_spark": settings.eager_spark,
+        "serverless": remote is not None,
+        "dbfs_enabled": host.dbfs_enabled,
     }
     spec_file.write_text(json.dumps(spec, indent=2))
     return TaskProcess(
-        [sys.executable, "-m", BOOTSTRAP_MODULE, str(spec_file)],
-        env=task_env(run, task, dbfs, conf_dir),
+        host.mounts.wrap([host.python, "-m", BOOTSTRAP_MODULE, str(spec_file)]),
+        env=task_env(run, task, host, conf_dir, wheels, remote),
         cwd=work_dir,
         stdout=task.stdout_path,
         stderr=task.stderr_path,
     )
 
 
-def task_env(run: Run, task: TaskRun, dbfs: DbfsRoot, conf_dir: Path) -> dict[str, str]:
+def task_env(
+    run: Run,
+    task: TaskRun,
+    host: TaskHost,
+    conf_dir: Path,
+    wheels: list[str],
+    remote: str | None = None,
+) -> dict[str, str]:
     # A cluster does not know the caller's credentials or Spark launcher settings.
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("DATABRICKS_") and k not in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR")
+        if not k.startswith("DATABRICKS_")
+        and k not in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_REMOTE")
     }
-    pythonpath = [str(PACKAGE_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    hidden = str(PACKAGE_ROOT)
+    # The run's wheels (also for Spark's Python workers), never the working tree.
+    pythonpath = [
+        *wheels,
+        *(
+            p
+            for p in env.get("PYTHONPATH", "").split(os.pathsep)
+            if p and os.path.realpath(p) != hidden
+        ),
+    ]
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(pythonpath),
+            HIDDEN_PATHS_ENV: hidden,
             "PYTHONUNBUFFERED": "1",  # so get-output shows progress while the task runs
             "SPARK_CONF_DIR": str(conf_dir),
             "SPARK_LOCAL_IP": "127.0.0.1",
             # Spark scratch space in the task folder (this env var, unlike spark.local.dir, does
             # not make Spark print a warning).
             "SPARK_LOCAL_DIRS": str(task.dir / "spark-local"),
-            "PYSPARK_PYTHON": sys.executable,
-            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PYSPARK_PYTHON": host.python,
+            "PYSPARK_DRIVER_PYTHON": host.python,
             "DB_CLUSTER_ID": task.cluster.cluster_id,
             "DATABRICKS_EMULATOR": "1",
-            "DATABRICKS_EMULATOR_DBFS_ROOT": str(dbfs.root),
+            "DATABRICKS_EMULATOR_DBFS_ROOT": str(host.dbfs.root),
             "DATABRICKS_EMULATOR_RUN_ID": str(run.run_id),
             "DATABRICKS_EMULATOR_TASK_RUN_ID": str(task.run_id),
         }
     )
     env.update(task.cluster.spark_env_vars)
+    if remote is not None:
+        # Serverless: SparkSession.builder.getOrCreate() gives a Spark Connect session.
+        env["SPARK_REMOTE"] = remote
+        env.pop("DB_CLUSTER_ID", None)
     return env
 
 
-def write_spark_conf(conf_dir: Path, task: TaskRun, dbfs: DbfsRoot, settings: RunSettings) -> None:
+def write_spark_conf(conf_dir: Path, task: TaskRun, host: TaskHost) -> None:
+    dbfs, settings = host.dbfs, host.settings
     cluster: Cluster = task.cluster
     dbfs_uri = dbfs.root.as_uri()
     conf = {
@@ -124,14 +248,26 @@ def write_spark_conf(conf_dir: Path, task: TaskRun, dbfs: DbfsRoot, settings: Ru
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
-        # Databricks' default warehouse, dbfs:/user/hive/warehouse, in our DBFS folder.
-        "spark.sql.warehouse.dir": f"{dbfs_uri}/user/hive/warehouse",
+        # Databricks' default warehouse, dbfs:/user/hive/warehouse, in our DBFS folder (without a
+        # DBFS root, hive_metastore managed tables fail there as on Databricks).
+        "spark.sql.warehouse.dir": f"{dbfs_uri if host.dbfs_enabled else 'dbfs:'}/user/hive/warehouse",
         # Make dbfs:/ URIs work in Spark itself: Hadoop's view file system with every path
         # falling back to the local DBFS folder, so spark.read/write("dbfs:/x") hit <root>/dbfs/x.
         "spark.hadoop.fs.dbfs.impl": "org.apache.hadoop.fs.viewfs.ViewFileSystemOverloadScheme",
         "spark.hadoop.fs.viewfs.overload.scheme.target.dbfs.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
         "spark.hadoop.fs.viewfs.mounttable.default.linkFallback": dbfs_uri,
+        # dbfs:/Volumes/... is the volume, as on Databricks.
+        "spark.hadoop.fs.viewfs.mounttable.default.link./Volumes": host.volumes_root.as_uri(),
         "spark.hadoop.fs.dbfs.impl.disable.cache": "true",
+        **(
+            {}
+            if host.dbfs_enabled
+            else {
+                # No DBFS root: dbfs:/ fails like on Databricks ([DBFS_DISABLED] ...).
+                "spark.hadoop.fs.dbfs.impl": DISABLED_DBFS_CLASS,
+            }
+        ),
+        **cluster_spark_conf(host),
         **(
             {"spark.driver.extraJavaOptions": JVM_QUICK_START_OPTIONS}
             if settings.jvm_quick_start

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,13 @@ def test_spark_python_task_runs_with_spark_sc_dbutils(
     ws.secrets.put_secret("rest-scope", "k", string_value="from-rest")
     ws.dbfs.put(
         "/inputs/param.txt", contents=base64.b64encode(b"parameter file").decode(), overwrite=True
+    )
+    # A whl library must exist (it is installed on the task's path); pypi ones are recorded.
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("emulator_test_wheel/__init__.py", "")
+    ws.dbfs.put(
+        "/wheels/x.whl", contents=base64.b64encode(wheel.getvalue()).decode(), overwrite=True
     )
     libraries = [{"pypi": {"package": "requests==2.32.3"}}, {"whl": "dbfs:/wheels/x.whl"}]
     new_cluster = {
