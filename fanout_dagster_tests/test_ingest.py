@@ -70,11 +70,10 @@ def test_resolve_directory_and_recursive_glob(project):
     (orders_dir / "_temporary").mkdir()
     (orders_dir / "_temporary" / "part-0.csv").write_text("x")
     assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/orders")) == expected
-    # A recursive glob.
-    assert (
-        resolve_source_files(str(project.data), SourceSpec("csv", "erp/**/orders_*.csv"))
-        == expected
-    )
+    # A recursive glob. Configs may not say '**' any more (objects.source_path_problem),
+    # so the spec is built without validation; the resolver still handles it.
+    recursive = SourceSpec.model_construct(format="csv", path="erp/**/orders_*.csv")
+    assert resolve_source_files(str(project.data), recursive) == expected
     # The root may be given as a file:// URI.
     assert (
         resolve_source_files(f"file://{project.data}", SourceSpec("csv", "erp/orders/*.csv"))
@@ -84,8 +83,9 @@ def test_resolve_directory_and_recursive_glob(project):
 
 def test_resolve_lists_each_file_once(project):
     payments = sorted(str(p.resolve()) for p in (project.data / "erp" / "payments").glob("*.csv"))
-    # '**' matches the folder and each of its files.
-    assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/payments/**")) == payments
+    # '**' matches the folder and each of its files (unvalidated spec: configs refuse '**').
+    everything = SourceSpec.model_construct(format="csv", path="erp/payments/**")
+    assert resolve_source_files(str(project.data), everything) == payments
     # A symlink to a folder inside the root reaches the same files again.
     (project.data / "erp" / "pay_alias").symlink_to(project.data / "erp" / "payments")
     assert resolve_source_files(str(project.data), SourceSpec("csv", "erp/pay*/*.csv")) == payments

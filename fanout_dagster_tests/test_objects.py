@@ -3,7 +3,6 @@ kind of bad input reported with its file and field."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def test_config_hash_is_stable_across_reformatting_and_moving(tmp_path):
 
     assert mapping_file.name == original.config_file
     assert moved.config_file == "nested/moved.yml"
-    assert dataclasses.replace(moved, config_file=original.config_file) == original
+    assert moved.model_copy(update={"config_file": original.config_file}) == original
     assert moved.config_hash == original.config_hash
 
 
