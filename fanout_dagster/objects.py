@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -595,6 +596,7 @@ class ObjectConfig(_Model):
                 data["target"] = target.model_copy(
                     update={"schema_evolution_mode": _default_evolution(source)}
                 )
+            target = data.get("target")
             if has_schema and _field_of(target, "schema_evolution_mode") == "addNewColumns":
                 problems.append(
                     (
@@ -876,13 +878,18 @@ class ParseCacheStats(NamedTuple):
     files: int  # files held
 
 
-# Parsed files by (path, name shown), each with the (st_mtime_ns, st_size) it
-# was parsed at. The sensor reads every config each tick; only changed files
-# are parsed again. Bounded (least recently used out); the lock keeps a code
-# server's threads from tearing the dict (two threads may parse one file at
-# once, harmlessly).
+# Parsed files by (path, name shown), each with the (st_mtime_ns, st_size,
+# st_ino) it was parsed at. The sensor reads every config each tick; only
+# changed files are parsed again. File times tick coarsely (a jiffy, or a
+# second or two on some network filesystems), so a file changed twice within
+# one tick could keep its time and size: like git's "racily clean" check, a
+# file whose time is less than _SETTLE_NS old when it is read is not cached
+# (it is read again next time). Bounded (least recently used out); the lock
+# keeps a code server's threads from tearing the dict (two threads may parse
+# one file at once, harmlessly).
 _CACHE_MAX_FILES = 50_000
-_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int], _ParsedFile]] = OrderedDict()
+_SETTLE_NS = 2_000_000_000
+_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int], _ParsedFile]] = OrderedDict()
 _cache_lock = threading.Lock()
 _cache_counts = {"hits": 0, "misses": 0}
 
@@ -954,7 +961,8 @@ def _parse_cached(path: Path, name: str) -> _ParsedFile:
         stat = os.stat(path)
     except OSError:
         return _parse_file(path, name)  # gone meanwhile: report it, cache nothing
-    key, stamp = (str(path), name), (stat.st_mtime_ns, stat.st_size)
+    now = time.time_ns()
+    key, stamp = (str(path), name), (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None and cached[0] == stamp:
@@ -964,10 +972,13 @@ def _parse_cached(path: Path, name: str) -> _ParsedFile:
     parsed = _parse_file(path, name)
     with _cache_lock:
         _cache_counts["misses"] += 1
-        _cache[key] = (stamp, parsed)
-        _cache.move_to_end(key)
-        while len(_cache) > _CACHE_MAX_FILES:
-            _cache.popitem(last=False)
+        if now - stat.st_mtime_ns >= _SETTLE_NS:
+            _cache[key] = (stamp, parsed)
+            _cache.move_to_end(key)
+            while len(_cache) > _CACHE_MAX_FILES:
+                _cache.popitem(last=False)
+        else:
+            _cache.pop(key, None)
     return parsed
 
 
