@@ -399,8 +399,8 @@ with warnings.catch_warnings():
 
         format: SourceFormatField = Field(
             TABLE_SOURCE_FORMAT,
-            description="File format: csv, json or parquet. Required for files; not used "
-            "with a table source (its format reads as 'table').",
+            description="File format: csv, json or parquet. Required for files; not given "
+            "with source.table.",
         )
         path: SourcePath = Field(
             "",
