@@ -64,6 +64,7 @@ _TOKEN = re.compile(
   | (?P<quoted>`(?:[^`]|``)*`)
   | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
   | (?P<punct>[<>(),:])
+  | (?P<bad>.)
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -122,24 +123,23 @@ def _column_ddl(column: Column, *, top_level: bool) -> str:
 
 def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            char = text[pos]
-            if char in "`'\"":
-                what = "backtick name" if char == "`" else "string"
-                raise DdlError(f"unterminated {what} starting at position {pos + 1}")
-            raise DdlError(f"unexpected character {char!r} at position {pos + 1}")
-        kind = match.lastgroup or ""
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind == "space":
+            continue
         raw = match.group()
+        if kind == "bad":
+            pos = match.start()
+            if raw in "`'\"":
+                what = "backtick name" if raw == "`" else "string"
+                raise DdlError(f"unterminated {what} starting at position {pos + 1}")
+            raise DdlError(f"unexpected character {raw!r} at position {pos + 1}")
         if kind == "quoted":
-            tokens.append(_Token(kind, raw, raw[1:-1].replace("``", "`"), pos))
+            tokens.append(_Token(kind, raw, raw[1:-1].replace("``", "`"), match.start()))
         elif kind == "string":
-            tokens.append(_Token(kind, raw, _unescape(raw[1:-1]), pos))
-        elif kind != "space":
-            tokens.append(_Token(kind, raw, raw, pos))
-        pos = match.end()
+            tokens.append(_Token(kind, raw, _unescape(raw[1:-1]), match.start()))
+        else:
+            tokens.append(_Token(kind or "", raw, raw, match.start()))
     tokens.append(_Token("end", "the end", "", len(text)))
     return tokens
 

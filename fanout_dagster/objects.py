@@ -201,11 +201,19 @@ def _source_path(value: str) -> str:
 
 
 def _ddl(value: str) -> str:
+    problem = _ddl_problem(value)
+    if problem:
+        _fail(problem)
+    return value
+
+
+@lru_cache(maxsize=16384)
+def _ddl_problem(value: str) -> str | None:
     try:
         parse_ddl(value)
     except DdlError as exc:
-        _fail(str(exc))
-    return value
+        return str(exc)
+    return None
 
 
 @lru_cache(maxsize=1024)

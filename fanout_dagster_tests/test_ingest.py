@@ -3,7 +3,6 @@ and the loads that must be refused while the previous load stays in place."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -358,12 +357,8 @@ def test_append_rereads_every_file_when_the_object_config_changes(spark, project
     obj = sample_object(project.configs, "erp-payments")
     first = ingest(spark, project, writer, obj, run_id="run-1")
     # Another reader option: every load was made with the old config.
-    changed = dataclasses.replace(
-        obj,
-        source=dataclasses.replace(
-            obj.source, options={**obj.source.options, "mode": "PERMISSIVE"}
-        ),
-    )
+    options = {**obj.source.options, "mode": "PERMISSIVE"}
+    changed = obj.model_copy(update={"source": obj.source.model_copy(update={"options": options})})
     assert changed.config_hash != obj.config_hash
     second = ingest(spark, project, writer, changed, run_id="run-2")
     assert sorted(second.load_ids) == sorted(first.load_ids)
@@ -514,11 +509,9 @@ def test_a_read_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(
     spark, project, writer
 ):
     sample = sample_object(project.configs, "erp-orders")
-    obj = dataclasses.replace(
-        sample,
-        source=dataclasses.replace(
-            sample.source, options={**sample.source.options, "mode": "FAILFAST"}
-        ),
+    options = {**sample.source.options, "mode": "FAILFAST"}
+    obj = sample.model_copy(
+        update={"source": sample.source.model_copy(update={"options": options})}
     )
     files = expected_source_files(project.data, obj)
     first = ingest(spark, project, writer, obj, run_id="run-1")
