@@ -207,7 +207,7 @@ def _ddl(value: str) -> str:
     return value
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def _ddl_problem(value: str) -> str | None:
     try:
         parse_ddl(value)
@@ -689,9 +689,10 @@ def _content_hash(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=65536)
 def _canonical_ddl(text: str | None) -> str | None:
     # Same columns and types, same text: reformatting a schema changes no hash.
+    # Cached: the sensor hashes every object on every tick.
     return None if text is None else to_ddl(parse_ddl(text))
 
 
