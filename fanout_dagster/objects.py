@@ -945,40 +945,44 @@ def load_objects(
     return ConfigsLoad(tuple(objects), tuple(errors + dup_errors))
 
 
-def _config_files(root: Path) -> list[tuple[Path, str]]:
+def _config_files(root: Path) -> list[tuple[str, str]]:
     """(path, name relative to root) of every config file, in path order.
 
     Like root.rglob("*") (symlinked folders are not entered, symlinked files
-    are read) at a third of its cost: os.walk's directory entries know their
-    type without a stat each.
+    are read) at a fraction of its cost: directory entries know their type
+    without a stat each.
     """
-    found: list[tuple[tuple[str, ...], Path]] = []
-    for folder, _, files in os.walk(root):
-        parts = Path(folder).relative_to(root).parts
-        found.extend(
-            ((*parts, name), Path(folder, name))
-            for name in files
-            if os.path.splitext(name)[1] in (".yaml", ".yml")
-            and os.path.isfile(os.path.join(folder, name))
-        )
+    found: list[tuple[tuple[str, ...], str]] = []
+    folders: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
+    while folders:
+        folder, parts = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # removed meanwhile, or unreadable: as rglob, skip it
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((entry.path, (*parts, entry.name)))
+            elif os.path.splitext(entry.name)[1] in (".yaml", ".yml") and entry.is_file():
+                found.append(((*parts, entry.name), entry.path))
     found.sort()
     return [(path, "/".join(parts)) for parts, path in found]
 
 
-def _parse_cached(path: Path, name: str) -> _ParsedFile:
+def _parse_cached(path: str, name: str) -> _ParsedFile:
     try:
         stat = os.stat(path)
     except OSError:
-        return _parse_file(path, name)  # gone meanwhile: report it, cache nothing
+        return _parse_file(Path(path), name)  # gone meanwhile: report it, cache nothing
     now = time.time_ns()
-    key, stamp = (str(path), name), (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    key, stamp = (path, name), (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None and cached[0] == stamp:
             _cache.move_to_end(key)
             _cache_counts["hits"] += 1
             return cached[1]
-    parsed = _parse_file(path, name)
+    parsed = _parse_file(Path(path), name)
     with _cache_lock:
         _cache_counts["misses"] += 1
         if now - stat.st_mtime_ns >= _SETTLE_NS:
