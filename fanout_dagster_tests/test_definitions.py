@@ -39,7 +39,9 @@ def test_the_databricks_code_bundle_holds_the_package_and_the_configs_only():
     assert {f.split("/")[0] for f in files} == {"fanout_dagster", "configs"}, files
     assert "fanout_dagster/definitions.py" in files
     assert not [f for f in files if "emulator" in f or f.endswith(".pyc")], files
+    # The configs folder as it is: the YAML files and their JSON Schema (for editors).
     configs = sorted(
-        p.relative_to(SAMPLE_CONFIGS).as_posix() for p in SAMPLE_CONFIGS.rglob("*.yaml")
+        p.relative_to(SAMPLE_CONFIGS).as_posix() for p in SAMPLE_CONFIGS.rglob("*") if p.is_file()
     )
+    assert "object-config.schema.json" in configs
     assert [f.removeprefix("configs/") for f in files if f.startswith("configs/")] == configs

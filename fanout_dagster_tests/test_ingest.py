@@ -4,7 +4,6 @@ sources, and the loads that must be refused while the previous version stays."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -66,11 +65,11 @@ def file_load_id(project, path) -> str:
 
 
 def with_source(obj, **changes):
-    return dataclasses.replace(obj, source=dataclasses.replace(obj.source, **changes))
+    return obj.model_copy(update={"source": obj.source.model_copy(update=changes)})
 
 
 def with_target(obj, **changes):
-    return dataclasses.replace(obj, target=dataclasses.replace(obj.target, **changes))
+    return obj.model_copy(update={"target": obj.target.model_copy(update=changes)})
 
 
 def add_payments_file(project, name="payments_2026-07.csv"):

@@ -4,7 +4,6 @@ explicit schemas and schema hints through a real load."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -119,14 +118,16 @@ def test_an_explicit_schema_and_schema_hints_type_the_columns(spark, project, wr
     header = (project.data / "erp" / "stores" / "stores.csv").read_text().splitlines()[0].split(",")
     first_column = header[0]
     ddl = ", ".join(f"`{c}` {'INT' if c == first_column else 'STRING'}" for c in header)
-    typed = dataclasses.replace(obj, source=dataclasses.replace(obj.source, schema=ddl))
+    typed = obj.model_copy(update={"source": obj.source.model_copy(update={"schema": ddl})})
     result = ingest_object(spark, typed, data_root=str(project.data), writer=writer, run_id="r1")
     assert dict(result.columns)[first_column] == "int"
 
-    hinted = dataclasses.replace(
-        obj,
-        source=dataclasses.replace(obj.source, schema_hints=f"`{first_column}` BIGINT, extra DATE"),
-        target=dataclasses.replace(obj.target, table="erp_stores_hinted"),
+    hints = f"`{first_column}` BIGINT, extra DATE"
+    hinted = obj.model_copy(
+        update={
+            "source": obj.source.model_copy(update={"schema_hints": hints}),
+            "target": obj.target.model_copy(update={"table": "erp_stores_hinted"}),
+        }
     )
     result = ingest_object(spark, hinted, data_root=str(project.data), writer=writer, run_id="r2")
     columns = dict(result.columns)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from dagster import ConfigurableResource
 
-from fanout_dagster.objects import CatalogLoad, ObjectConfig, load_objects
+from fanout_dagster.objects import ConfigsLoad, ObjectConfig, load_objects
 from fanout_dagster.settings import Settings, project_path
 
 
@@ -27,7 +27,7 @@ class ObjectConfigs(ConfigurableResource):
     def data_root_path(self) -> str:
         return project_path(self.data_root)
 
-    def load(self) -> CatalogLoad:
+    def load(self) -> ConfigsLoad:
         return load_objects(self.configs_path)
 
     def lookup(self, keys: Sequence[str]) -> tuple[list[ObjectConfig], list[str]]:
