@@ -20,7 +20,6 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
-from fanout_dagster.ingest import resolve_source_files
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import record_clusters
@@ -49,6 +48,7 @@ from fanout_dagster_tests.e2e.webserver import (
     stop_sensor,
     wait_until_loaded,
 )
+from fanout_dagster_tests.helpers import expected_source_files
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
     broken_obj = next(obj for obj in objects if obj.key == BROKEN)
     aside = tmp_path / "aside"
     moved: list[tuple[Path, Path]] = []
-    for source in resolve_source_files(str(project.data), broken_obj.source):
+    for source in expected_source_files(project.data, broken_obj):
         target = aside / Path(source).relative_to(project.data)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(source, target)
