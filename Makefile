@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 OBJECTS ?=
 MODES ?=
 
-.PHONY: dev test test-fast test-slow lint format emulator bench check-java install clean
+.PHONY: dev spark-server spark-shell test test-fast test-slow lint format emulator bench check-java install clean
 
 install: $(STAMP)
 
@@ -35,10 +35,19 @@ $(STAMP): pyproject.toml | $(PY)
 check-java:
 	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { echo "error: Java not found - local Spark needs a Java 17 runtime on PATH (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 
-# dagster dev reads ./dagster.yaml (run queue limits) and keeps its state in a
-# temporary .tmp_dagster_home_* folder here.
+# The local Spark Connect server (the warm "all-purpose cluster" runs attach to)
+# and dagster dev beside it; Ctrl-C stops both. dagster dev reads ./dagster.yaml
+# (run queue limits) and keeps its state in a temporary .tmp_dagster_home_* here.
 dev: $(STAMP) check-java
-	$(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
+	$(PY) -m fanout_dagster.spark_connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
+
+# The Spark Connect server alone (for `dagster dev` started by hand, or a shell).
+spark-server: $(STAMP) check-java
+	$(PY) -m fanout_dagster.spark_connect_server
+
+# A PySpark shell on the running server: spark.table("bronze.erp_customers").
+spark-shell: $(STAMP)
+	$(VENV)/bin/pyspark --remote sc://127.0.0.1:$${FANOUT_SPARK_CONNECT_PORT:-15002}
 
 test: $(STAMP) check-java
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -67,4 +76,4 @@ bench: $(STAMP) check-java
 	$(PY) -m bench $(if $(OBJECTS),--objects $(OBJECTS)) $(if $(MODES),--modes $(MODES))
 
 clean:
-	rm -rf .tmp_dagster_home_* warehouse spark-warehouse metastore_db .emulator
+	rm -rf .tmp_dagster_home_* warehouse spark-warehouse metastore_db .emulator .spark

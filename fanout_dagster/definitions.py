@@ -1,8 +1,10 @@
 """The code location: one asset, one sensor, resources chosen per target.
 
 The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
-- `local` (default): embedded Spark in the run process, bronze Delta tables
-  `bronze.<table>` under warehouse/, no credentials;
+- `local` (default): each run attaches to the local Spark Connect server
+  (`FANOUT_SPARK=connect`, started by `make dev`) or starts an embedded Spark
+  (`FANOUT_SPARK=embedded`); bronze Delta tables `bronze.<table>` under
+  warehouse/; no credentials;
 - `databricks`: each step runs as a Databricks run through the dagster-databricks
   step launcher, on the cluster's SparkSession (resources/databricks.py).
 """
@@ -16,16 +18,21 @@ from dagster import Definitions, ResourceDefinition, in_process_executor
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.resources.spark import LocalSparkResource
+from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource, SparkResource
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster.settings import Settings
 
 
+def local_spark(settings: Settings) -> SparkResource:
+    """Runs attach to the warm local Spark Connect server, or start a Spark of their own."""
+    if settings.spark == "connect":
+        return SparkConnectResource(port=settings.spark_connect_port)
+    return LocalSparkResource(master=settings.spark_master, warehouse_dir=settings.spark_warehouse)
+
+
 def local_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "spark": LocalSparkResource(
-            master=settings.spark_master, warehouse_dir=settings.spark_warehouse
-        ),
+        "spark": local_spark(settings),
         "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=True),
         "object_configs": ObjectConfigs.from_settings(settings),
         # No step launcher: the step runs in the run's own process.

@@ -34,13 +34,21 @@ class Outcome(Generic[T, R]):
 
 
 def run_pack(
-    items: Sequence[T], work: Callable[[T], R], max_threads: int
+    items: Sequence[T],
+    work: Callable[[T], R],
+    max_threads: int,
+    on_abandon: Callable[[], None] | None = None,
 ) -> Iterator[Outcome[T, R]]:
     """Run `work` over `items`, at most `max_threads` at once; yield each outcome as it ends.
 
     An item that raises does not stop the others: its exception is captured in
     its Outcome. Yielding as items finish lets the caller report each object
     while the rest of the pack is still running.
+
+    If the caller stops early (the run was cancelled: an exception or the
+    generator closed while items are pending), the items that have not started
+    never start, and `on_abandon` is called to stop those that are running (it
+    interrupts their Spark operations); this returns once they have ended.
     """
     if not items:
         return
@@ -54,9 +62,19 @@ def run_pack(
         except Exception as exc:  # isolate the object; the caller decides what fails
             return Outcome(item, None, exc, traceback.format_exc(), started, time.time())
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pack") as pool:
-        pending: set[Future] = {pool.submit(timed, item) for item in items}
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pack")
+    pending: set[Future[Outcome[T, R]]] = {pool.submit(timed, item) for item in items}
+    finished = False
+    try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
+        finished = True
+    finally:
+        if not finished:
+            for future in pending:
+                future.cancel()  # not started yet: never starts
+            if on_abandon is not None:
+                on_abandon()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -63,7 +63,21 @@ class Settings(BaseSettings):
     )
 
     # --- local Spark
-    spark_master: str = Field("local[2]", description="Master of the embedded local Spark.")
+    spark: Literal["connect", "embedded"] = Field(
+        "connect",
+        description="Local Spark: `connect` attaches each run to the local Spark Connect server "
+        "(`make dev` starts it); `embedded` starts a Spark in each run's process.",
+    )
+    spark_connect_port: int = Field(
+        15002, description="Port of the local Spark Connect server (on 127.0.0.1)."
+    )
+    spark_ui_port: int = Field(4040, description="Port of the local Spark Connect server's UI.")
+    spark_driver_memory: str = Field(
+        "2g", description="Memory of the local Spark Connect server's JVM."
+    )
+    spark_master: str = Field(
+        "local[2]", description="Master of local Spark (the server's, or the embedded one's)."
+    )
     spark_warehouse: str = Field(
         "warehouse",
         description="Local Spark's warehouse folder (`spark.sql.warehouse.dir`): bronze tables "
@@ -109,6 +123,10 @@ class Settings(BaseSettings):
     @classmethod
     def env_name(cls, field: str) -> str:
         return ENV_PREFIX + field.upper()
+
+    @property
+    def spark_connect_url(self) -> str:
+        return f"sc://127.0.0.1:{self.spark_connect_port}"
 
     @property
     def configs_path(self) -> str:

@@ -155,7 +155,8 @@ class BronzeTableWriter:
         if not allow_empty and conformed.isEmpty():
             raise LoadRejected(self._empty_message(table, current))
         self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
-        return self._commit(table, tag)
+        # The table is exactly this load: its rows are the rows written.
+        return self._commit(table, tag, conformed.schema, rows=None)
 
     def replace_files(
         self,
@@ -237,30 +238,35 @@ class BronzeTableWriter:
             self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
             self._schema_ready = True
 
-    def _commit(self, table: str, tag: str) -> Commit:
-        """The commit this writer just made (found by its userMetadata), and the table after it."""
+    def _commit(self, table: str, tag: str, schema: StructType, rows: int | None) -> Commit:
+        """The commit this writer just made (found by its userMetadata in the table's
+        history); `rows` None: the table is exactly what the commit wrote."""
         name = self.full_name(table)
-        entries = (
-            self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT 20")
-            .select("version", "operation", "operationMetrics", "userMetadata")
-            .collect()
-        )
-        # More than 20 commits of other writers since: report the newest.
-        entry = next((e for e in entries if e.userMetadata == tag), entries[0])
+        entry = None
+        for limit in (1, 20):  # other writers may have committed since: look further back
+            entries = (
+                self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT {limit}")
+                .select("version", "operation", "operationMetrics", "userMetadata")
+                .collect()
+            )
+            entry = next((e for e in entries if e.userMetadata == tag), None)
+            if entry is not None:
+                break
+        if entry is None:  # more than 20 commits since: report the newest
+            entry = entries[0]
         metrics: Mapping[str, str] = entry.operationMetrics or {}
-        now = self.spark.table(quote(name))
+        # replaceWhere rewrites data files that mix kept and replaced rows: the
+        # rows it copied over are not this load's.
+        written = int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
         return Commit(
             table=name,
             version=int(entry.version),
             written=True,
             operation=str(entry.operation),
-            # replaceWhere rewrites data files that mix kept and replaced rows:
-            # the rows it copied over are not this load's.
-            rows_written=int(metrics.get("numOutputRows", 0))
-            - int(metrics.get("numCopiedRows", 0)),
+            rows_written=written,
             files_written=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
-            rows=now.count(),
-            schema=now.schema,
+            rows=written if rows is None else rows,
+            schema=schema,
         )
 
     def _unchanged(self, table: str) -> Commit:

@@ -1,38 +1,81 @@
-"""Shared fixtures: one SparkSession per test process, sample configs and data
-copied to a temporary folder, the project's resources pointed at it."""
+"""Shared fixtures: one local Spark Connect server per test process (the product's
+default local Spark, and what Databricks serverless speaks), sample configs and
+data copied to a temporary folder, the project's resources pointed at it."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 
 import pytest
 from dagster import instance_for_test
+from pyspark.sql import SparkSession
 
-from fanout_dagster.resources.spark import LocalSparkResource
+from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource
+from fanout_dagster.spark_connect_server import ServerConfig, running_server
 from fanout_dagster_tests.helpers import SAMPLE_CONFIGS, SAMPLE_DATA, Project
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
-def spark_resource(tmp_path_factory) -> LocalSparkResource:
+def spark_server(tmp_path_factory) -> ServerConfig:
+    """The local Spark Connect server, started once per test process (JVM start-up
+    is the slowest thing here) on free ports with a warehouse of its own."""
+    state = tmp_path_factory.mktemp("spark-server")
+    config = ServerConfig(
+        port=free_port(),
+        ui_port=free_port(),
+        master="local[2]",
+        warehouse=str(state / "warehouse"),
+        driver_memory="2g",
+        state_dir=state,
+    )
+    with running_server(config):
+        yield config
+
+
+@pytest.fixture(scope="session")
+def spark_resource(spark_server) -> SparkConnectResource:
+    return SparkConnectResource(port=spark_server.port)
+
+
+@pytest.fixture(scope="session")
+def spark(spark_server) -> SparkSession:
+    """The test's own Connect session on the shared server (runs open theirs)."""
+    session = SparkSession.builder.remote(spark_server.url).create()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def classic_spark_resource(tmp_path_factory) -> LocalSparkResource:
+    """The embedded (classic) mode, for the few checks that need the JVM's own
+    APIs (Spark's status tracker) or the embedded mode itself."""
     return LocalSparkResource(
-        master="local[2]", warehouse_dir=str(tmp_path_factory.mktemp("spark-warehouse"))
+        master="local[2]", warehouse_dir=str(tmp_path_factory.mktemp("classic-warehouse"))
     )
 
 
 @pytest.fixture(scope="session")
-def spark(spark_resource):
-    # Started once per test process: JVM start-up is the slowest thing here.
-    return spark_resource.get_session()
+def classic_spark(classic_spark_resource) -> SparkSession:
+    return classic_spark_resource.get_session()
 
 
 @pytest.fixture
-def project(tmp_path) -> Project:
-    """A throwaway copy of the sample configs and data, and a fresh warehouse."""
+def project(tmp_path, request) -> Project:
+    """A throwaway copy of the sample configs and data, with bronze tables of its own."""
     configs = tmp_path / "configs"
     data = tmp_path / "data"
     shutil.copytree(SAMPLE_CONFIGS, configs)
     shutil.copytree(SAMPLE_DATA, data)
-    return Project(tmp_path)
+    # Dagster processes the test starts for the project attach to the shared
+    # server (started only when a test asks for a process environment).
+    return Project(tmp_path, lambda: request.getfixturevalue("spark_server"))
 
 
 @pytest.fixture

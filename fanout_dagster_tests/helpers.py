@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -16,7 +17,8 @@ from dagster import ResourceDefinition
 from fanout_dagster.objects import ObjectConfig, load_objects
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.resources.spark import LocalSparkResource
+from fanout_dagster.resources.spark import SparkResource
+from fanout_dagster.spark_connect_server import ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIGS = REPO_ROOT / "configs"
@@ -124,17 +126,17 @@ class ListHandler(logging.Handler):
 class Project:
     """A throwaway copy of the sample configs and data, with bronze tables of its own.
 
-    In-process tests share one Spark session (and its warehouse), so each
-    project writes to a schema of its own; Dagster processes started for a
-    project (daemon, dagster dev) get a warehouse of its own instead.
+    Tests share one Spark Connect server (and its warehouse), in-process and in
+    the Dagster processes they start, so each project writes to a schema of its
+    own.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, spark_server: Callable[[], ServerConfig] | None = None):
         self.root = root
         self.configs = root / "configs"
         self.data = root / "data"
         self.schema = "bronze_" + uuid.uuid4().hex[:12]
-        self.spark_warehouse = root / "spark-warehouse"
+        self._spark_server = spark_server
 
     def table(self, table: str) -> str:
         """The full name of one of this project's bronze tables."""
@@ -150,7 +152,7 @@ class Project:
     def bronze_tables(self) -> BronzeTables:
         return BronzeTables(schema_name=self.schema)
 
-    def resources(self, spark_resource: LocalSparkResource) -> dict:
+    def resources(self, spark_resource: SparkResource) -> dict:
         """The local target's resources, pointed at this project."""
         return {
             "spark": spark_resource,
@@ -159,15 +161,23 @@ class Project:
             "pyspark_step_launcher": ResourceDefinition.none_resource(),
         }
 
+    @property
+    def spark_server(self) -> ServerConfig:
+        assert self._spark_server is not None, "this project has no Spark Connect server"
+        return self._spark_server()
+
     def env(self) -> dict[str, str]:
         """Environment for a Dagster process (daemon, dagster dev) using this project:
-        its own warehouse, the default `bronze` schema."""
+        its runs attach to the shared Spark Connect server and write to its schema."""
         return {
             "FANOUT_CONFIGS_DIR": str(self.configs),
             "FANOUT_DATA_ROOT": str(self.data),
-            "FANOUT_SPARK_WAREHOUSE": str(self.spark_warehouse),
+            "FANOUT_SPARK": "connect",
+            "FANOUT_SPARK_CONNECT_PORT": str(self.spark_server.port),
+            "FANOUT_SPARK_WAREHOUSE": str(self.spark_server.warehouse),
+            "FANOUT_BRONZE_SCHEMA": self.schema,
         }
 
     def process_table(self, table: str) -> Path:
-        """Where a Dagster process started with `env()` keeps a bronze table."""
-        return self.spark_warehouse / "bronze.db" / table
+        """Where the shared server keeps one of this project's bronze tables."""
+        return Path(self.spark_server.warehouse) / f"{self.schema}.db" / table

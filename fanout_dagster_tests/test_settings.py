@@ -38,14 +38,23 @@ def test_a_bad_setting_names_the_variable(monkeypatch):
 
 
 def _environment_reads(path: Path) -> list[str]:
-    """Places in a module that read os.environ / os.getenv."""
+    """Places in a module that read a variable from the environment: os.getenv(...),
+    os.environ.get(...), os.environ[...] (passing the environment on to a child
+    process is not reading a setting)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func  # os.getenv(...) / os.environ.get(...)
+            if target.attr == "get":
+                target = target.value if isinstance(target.value, ast.Attribute) else None
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
+            target = node.value  # os.environ[...]
         if (
-            isinstance(node, ast.Attribute)
-            and node.attr in ("environ", "getenv")
-            and isinstance(node.value, ast.Name)
-            and node.value.id == "os"
+            isinstance(target, ast.Attribute)
+            and target.attr in ("environ", "getenv")
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "os"
         ):
             found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     return found

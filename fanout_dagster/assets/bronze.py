@@ -86,10 +86,15 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
         writer = bronze_tables.writer(session)
         run_id = context.run.run_id
 
+        # Spark operations of this run, and of each object, carry tags: the
+        # server's UI shows which object a job belongs to, and cancelling the
+        # run interrupts exactly this run's operations (tags are per thread).
+        run_tag = f"fanout-run-{run_id}"
+
         def load(obj: ObjectConfig) -> LoadResult:
-            # Spark's jobs for this object carry its partition key as a tag (a
-            # thread-local setting: each pack thread tags its own object).
-            session.addTag(f"fanout-object-{obj.key}")
+            object_tag = f"fanout-object-{obj.key}"
+            session.addTag(run_tag)
+            session.addTag(object_tag)
             try:
                 return ingest_object(
                     session,
@@ -99,13 +104,19 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
                     run_id=run_id,
                 )
             finally:
-                session.removeTag(f"fanout-object-{obj.key}")
+                session.removeTag(object_tag)
+
+        def interrupt() -> None:
+            context.log.warning(
+                "Run cancelled: objects not started are skipped, running ones interrupted"
+            )
+            session.interruptTag(run_tag)
 
         context.log.info(
             f"Loading {len(objects)} object(s) with up to {threads_per_run} thread(s): "
             + ", ".join(obj.key for obj in objects)
         )
-        for outcome in run_pack(objects, load, threads_per_run):
+        for outcome in run_pack(objects, load, threads_per_run, on_abandon=interrupt):
             # Events are yielded as each object finishes, so the UI shows
             # progress object by object while the rest of the pack runs.
             if outcome.ok:

@@ -1,8 +1,8 @@
-"""Spark sessions: an embedded local Spark for development, the cluster's own on Databricks.
+"""Spark sessions: a session on the local Spark Connect server, an embedded local
+Spark, or the cluster's own on Databricks.
 
-The asset only calls `spark.get_session()`; which session that is, is decided
-in definitions.py. One session per process: getOrCreate hands every caller
-(and every thread of a pack) the same one.
+The asset only calls `spark.get_session()`; which session that is, is decided in
+definitions.py. Every thread of a pack shares its run's session.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from delta import configure_spark_with_delta_pip
+from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
 from fanout_dagster.local_spark import register_tables, spark_conf
+from fanout_dagster.spark_connect_server import SparkServerError, port_in_use
 
 
 class JavaNotFound(RuntimeError):
@@ -55,6 +57,38 @@ class LocalSparkResource(SparkResource):
         if existing is None:
             register_tables(session)
         return session
+
+
+class SparkConnectResource(SparkResource):
+    """A session of its own on the local Spark Connect server, for one run.
+
+    The server is warm: no JVM starts with the run. Each run's session is
+    isolated from other runs' (temp views, confs) and released when the run
+    ends, so the server does not grow with the runs it has served.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 15002
+    _session: SparkSession | None = PrivateAttr(default=None)
+
+    @property
+    def url(self) -> str:
+        return f"sc://{self.host}:{self.port}"
+
+    def get_session(self) -> SparkSession:
+        if self._session is None:
+            if not port_in_use(self.host, self.port):
+                raise SparkServerError(
+                    f"the local Spark Connect server at {self.url} is not running: start it with "
+                    "`make dev` (or `make spark-server`), or set FANOUT_SPARK=embedded"
+                )
+            self._session = SparkSession.builder.remote(self.url).create()
+        return self._session
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._session is not None:
+            self._session.stop()  # releases the run's session on the server
+            self._session = None
 
 
 class ClusterSparkResource(SparkResource):
