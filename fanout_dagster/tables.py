@@ -197,12 +197,12 @@ class BronzeTableWriter:
                 raise LoadRejected(self._empty_message(table, current))
         if current is None or reload:
             self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
-        else:
-            condition = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
-            self._write(
-                conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current
-            )
-        return self._commit(table, tag)
+            # The table is exactly this load.
+            return self._commit(table, tag, conformed.schema, rows=None)
+        condition = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
+        self._write(conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current)
+        rows = self.spark.table(quote(self.full_name(table))).count()
+        return self._commit(table, tag, conformed.schema, rows=rows)
 
     def _conform(
         self, df: DataFrame, current: StructType | None, mode: EvolutionMode, table: str

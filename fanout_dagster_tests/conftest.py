@@ -4,8 +4,8 @@ data copied to a temporary folder, the project's resources pointed at it."""
 
 from __future__ import annotations
 
+import os
 import shutil
-import socket
 
 import pytest
 from dagster import instance_for_test
@@ -13,13 +13,13 @@ from pyspark.sql import SparkSession
 
 from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource
 from fanout_dagster.spark_connect_server import ServerConfig, running_server
-from fanout_dagster_tests.helpers import SAMPLE_CONFIGS, SAMPLE_DATA, Project
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from fanout_dagster_tests.helpers import (
+    CONNECT_MODE_FLAG,
+    SAMPLE_CONFIGS,
+    SAMPLE_DATA,
+    Project,
+    free_port,
+)
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +63,10 @@ def classic_spark_resource(tmp_path_factory) -> LocalSparkResource:
 
 @pytest.fixture(scope="session")
 def classic_spark(classic_spark_resource) -> SparkSession:
+    # pyspark marks the whole process "Connect mode" once a Connect session
+    # exists (an environment variable that getOrCreate obeys); this process
+    # has both kinds on purpose.
+    os.environ.pop(CONNECT_MODE_FLAG, None)
     return classic_spark_resource.get_session()
 
 

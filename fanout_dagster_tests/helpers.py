@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,24 @@ from fanout_dagster.spark_connect_server import ServerConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIGS = REPO_ROOT / "configs"
 SAMPLE_DATA = REPO_ROOT / "data"
+
+
+# pyspark marks the whole process "Connect mode" once a Connect session exists.
+CONNECT_MODE_FLAG = "SPARK_CONNECT_MODE_ENABLED"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process of a test (without pyspark's
+    process-wide Connect flag, so an embedded Spark there stays embedded)."""
+    env = {k: v for k, v in os.environ.items() if k != CONNECT_MODE_FLAG}
+    env.update(extra)
+    return env
 
 
 def sample_object(configs_dir: Path, key: str) -> ObjectConfig:

@@ -21,6 +21,7 @@ from fanout_dagster.ingest import (
 from fanout_dagster.objects import SourceSpec
 from fanout_dagster.tables import LoadRejected
 from fanout_dagster_tests.helpers import (
+    child_env,
     expected_source_files,
     local_path,
     sample_object,
@@ -216,7 +217,12 @@ def test_the_table_is_known_by_its_name_to_a_new_spark_process(spark, project, w
         f"print('ROWS', spark.table({result.table!r}).count())\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=child_env(),
     )
     assert f"ROWS {result.rows}" in out.stdout, out.stderr[-3000:]
 

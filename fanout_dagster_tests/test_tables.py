@@ -18,7 +18,7 @@ from fanout_dagster.ingest import AUDIT_COLUMNS, ingest_object
 from fanout_dagster.local_spark import delta_package, table_location, warehouse_dir
 from fanout_dagster.packing import run_pack
 from fanout_dagster.tables import FileState, LoadRejected, commit_tag, quote
-from fanout_dagster_tests.helpers import sample_object, spark_source_count
+from fanout_dagster_tests.helpers import child_env, sample_object, spark_source_count
 
 
 @pytest.fixture
@@ -188,6 +188,7 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_and_the_next_run_
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=child_env(),
     )
     try:
         # Kill it once its write job has put new data files in the table folder

@@ -91,7 +91,11 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
         # run interrupts exactly this run's operations (tags are per thread).
         run_tag = f"fanout-run-{run_id}"
 
+        server_gone: list[str] = []  # set once an object found the Spark server gone
+
         def load(obj: ObjectConfig) -> LoadResult:
+            if server_gone:
+                raise SparkUnavailable(f"not started: {server_gone[0]}")
             object_tag = f"fanout-object-{obj.key}"
             session.addTag(run_tag)
             session.addTag(object_tag)
@@ -132,6 +136,8 @@ def build_bronze_asset(*, objects_per_run: int = 1, threads_per_run: int = 4) ->
                 yield _materialization(context, outcome)
             else:
                 message = short_error(outcome.error)
+                if message.startswith(SparkUnavailable.__name__):
+                    server_gone.append(message.split(": ", 1)[1])
                 failures[outcome.item.key] = message
                 context.log.error(f"{outcome.item.key} failed: {message}\n{outcome.traceback}")
                 yield _failure_event(context, outcome.item.key, message, outcome)
@@ -155,6 +161,21 @@ SPARK_ERROR_CLASS = re.compile(r"\[[A-Z][A-Z0-9_]+(\.[A-Z0-9_]+)*\]")
 WRAPPER_ERROR_CLASSES = ("[TASK_WRITE_FAILED]",)
 
 
+class SparkUnavailable(RuntimeError):
+    """The Spark Connect server stopped or cannot be reached."""
+
+
+# How pyspark's Connect client says the server went away (gRPC status UNAVAILABLE,
+# a dropped stream, retries given up).
+_SERVER_GONE = (
+    "UNAVAILABLE",
+    "failed to connect to all addresses",
+    "Socket closed",
+    "Connection refused",
+    "RetriesExceeded",
+)
+
+
 def short_error(error: BaseException, limit: int = 500) -> str:
     """One line for summaries. Spark errors from the JVM carry a whole Java
     stack trace (kilobytes) in their message; the traceback metadata keeps it.
@@ -162,6 +183,15 @@ def short_error(error: BaseException, limit: int = 500) -> str:
     mere wrapper, e.g. "[FAILED_READ_FILE.NO_HINT] Encountered error while
     reading file ..."; otherwise the first line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [""]
+    if isinstance(error, SparkUnavailable):
+        return f"{SparkUnavailable.__name__}: {error}"
+    if type(error).__module__.startswith(("pyspark.errors", "grpc")) and any(
+        marker in str(error) or marker in type(error).__name__ for marker in _SERVER_GONE
+    ):
+        return (
+            f"{SparkUnavailable.__name__}: the Spark Connect server stopped or cannot be "
+            f"reached ({lines[0][:200]}); nothing of this object was committed"
+        )
     classed = [line for line in lines if SPARK_ERROR_CLASS.search(line)]
     telling = [
         line for line in classed if not any(wrapper in line for wrapper in WRAPPER_ERROR_CLASSES)

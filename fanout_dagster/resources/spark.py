@@ -14,6 +14,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from delta import configure_spark_with_delta_pip
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
+from pyspark.sql.connect.client.retries import DefaultPolicy
 
 from fanout_dagster.local_spark import register_tables, spark_conf
 from fanout_dagster.spark_connect_server import SparkServerError, port_in_use
@@ -82,7 +83,18 @@ class SparkConnectResource(SparkResource):
                     f"the local Spark Connect server at {self.url} is not running: start it with "
                     "`make dev` (or `make spark-server`), or set FANOUT_SPARK=embedded"
                 )
-            self._session = SparkSession.builder.remote(self.url).create()
+            session = SparkSession.builder.remote(self.url).create()
+            # pyspark's default retries ride out ten minutes of an unreachable
+            # server, per call; a local server that is gone is gone: give up
+            # after ~15 s, so the run fails in seconds and says why.
+            session.client.set_retry_policies(
+                [
+                    DefaultPolicy(
+                        max_retries=5, initial_backoff=200, backoff_multiplier=3, max_backoff=5000
+                    )
+                ]
+            )
+            self._session = session
         return self._session
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
