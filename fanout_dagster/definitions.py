@@ -16,18 +16,24 @@ from dagster import Definitions, ResourceDefinition, in_process_executor
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import LocalSparkResource
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster.settings import Settings
 
 
 def local_resources(settings: Settings) -> dict[str, Any]:
+    spark = LocalSparkResource(master=settings.spark_master, warehouse_dir=settings.spark_warehouse)
+    bronze_tables = BronzeTables(schema_name=settings.bronze_schema, local_catalog=True)
+    object_configs = ObjectConfigs.from_settings(settings)
     return {
-        "spark": LocalSparkResource(
-            master=settings.spark_master, warehouse_dir=settings.spark_warehouse
+        "spark": spark,
+        "bronze_tables": bronze_tables,
+        "object_configs": object_configs,
+        # Objects load in the run's own process, on its SparkSession.
+        "object_loader": LocalObjectLoader(
+            spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
         ),
-        "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=True),
-        "object_configs": ObjectConfigs.from_settings(settings),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),
     }

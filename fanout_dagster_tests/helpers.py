@@ -16,6 +16,7 @@ from dagster import ResourceDefinition
 from fanout_dagster.objects import ObjectConfig, load_objects
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import LocalSparkResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +157,11 @@ class Project:
             "spark": spark_resource,
             "bronze_tables": self.bronze_tables(),
             "object_configs": self.object_configs(),
+            "object_loader": LocalObjectLoader(
+                spark=spark_resource,
+                bronze_tables=self.bronze_tables(),
+                object_configs=self.object_configs(),
+            ),
             "pyspark_step_launcher": ResourceDefinition.none_resource(),
         }
 

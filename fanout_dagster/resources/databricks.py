@@ -37,6 +37,7 @@ from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySpar
 from fanout_dagster.objects import DEFAULT_CLUSTER
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import ClusterSparkResource
 from fanout_dagster.settings import PROJECT_ROOT, Settings
 from fanout_dagster.tags import CLUSTER_TAG
@@ -189,9 +190,15 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
             run_tags=context.dagster_run.tags, settings=settings, object_configs=object_configs
         )
 
+    spark = ClusterSparkResource()
+    bronze_tables = BronzeTables(schema_name=settings.bronze_schema, local_catalog=False)
     return {
-        "spark": ClusterSparkResource(),
-        "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=False),
+        "spark": spark,
+        "bronze_tables": bronze_tables,
         "object_configs": object_configs,
+        # On the cluster, the step loads its objects on the cluster's session.
+        "object_loader": LocalObjectLoader(
+            spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
+        ),
         "pyspark_step_launcher": pyspark_step_launcher,
     }
