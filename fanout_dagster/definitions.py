@@ -3,8 +3,11 @@
 The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
 - `local` (default): embedded Spark in the run process, bronze Delta tables
   `bronze.<table>` under warehouse/, no credentials;
-- `databricks`: each step runs as a Databricks run through the dagster-databricks
-  step launcher, on the cluster's SparkSession (resources/databricks.py).
+- `databricks`: each step's objects load in a Databricks run, by one of two
+  launch modes (`FANOUT_DATABRICKS_LAUNCH`, resources/databricks.py): the
+  dagster-databricks step launcher (the whole step on the cluster, staged on
+  DBFS) or Dagster Pipes (a job run on a cluster or serverless compute,
+  staged on a Unity Catalog volume, objects reported back as they finish).
 """
 
 from __future__ import annotations
