@@ -34,6 +34,7 @@ import dataclasses
 import io
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, PreviewWarning
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.pipes.client import PipesContextInjector, PipesMessageReader
 from dagster._core.pipes.context import PipesMessageHandler, PipesSession
@@ -50,7 +51,7 @@ from dagster_databricks.pipes import (
     PipesUnityCatalogVolumesMessageReader,
     delete_volume_directory_recursive,
 )
-from dagster_pipes import PipesContextData, PipesExtras
+from dagster_pipes import PipesContextData, PipesExtras, PipesMessage
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import (
     DatabricksError,
@@ -392,12 +393,23 @@ class ForwardingMessageHandler(PipesMessageHandler):
     """
 
     def __init__(self, context: AssetExecutionContext, message_reader: PipesMessageReader) -> None:
-        super().__init__(context, message_reader)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PreviewWarning)  # expected_writer_count
+            super().__init__(context, message_reader)
         self.tails: dict[str, collections.deque[str]] = {
             "stdout": collections.deque(),
             "stderr": collections.deque(),
         }
         self._sizes = {"stdout": 0, "stderr": 0}
+
+    def handle_message(self, message: PipesMessage) -> None:
+        # dagster-pipes closes its stdout/stderr capture after its `closed`
+        # message, so their last chunk arrives after it: forward it quietly.
+        if self.received_closed_message and message.get("method") == "log_external_stream":
+            params = message.get("params") or {}
+            self._handle_log_external_stream(params.get("stream", "stdout"), params.get("text", ""))
+            return
+        super().handle_message(message)
 
     def _handle_log_external_stream(
         self, stream: Literal["stdout", "stderr"], text: str, extras: PipesExtras | None = None
