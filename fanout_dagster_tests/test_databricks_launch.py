@@ -10,9 +10,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dagster import DagsterRun, InitResourceContext, build_sensor_context
+from dagster import DagsterRun, InitResourceContext, SensorResult, build_sensor_context
 
 from fanout_dagster.objects import load_objects
 from fanout_dagster.resources.databricks import (
@@ -25,7 +26,7 @@ from fanout_dagster.settings import Settings
 from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.helpers import SAMPLE_CONFIGS, ListHandler
 
-DATABRICKS = {
+DATABRICKS: dict[str, Any] = {
     "target": "databricks",
     "data_root": "/Volumes/main/raw/landing",
     "bronze_schema": "main.bronze",
@@ -49,7 +50,7 @@ def step_launcher_for(settings: Settings, tags: dict[str, str], run_id: str = "0
     launcher_def = resources["pyspark_step_launcher"]
     context = InitResourceContext(
         resource_config=None,
-        resources=None,
+        resources=None,  # type: ignore[arg-type]
         resource_def=launcher_def,
         all_resource_defs={},
         dagster_run=run,
@@ -136,13 +137,14 @@ def test_an_object_on_a_cluster_clusters_yaml_does_not_define_is_a_config_error(
     errors = [m for m in logs.messages(logging.ERROR) if "stray.yaml" in m]
     assert errors and "cluster" in errors[0] and "gpu_xl" in errors[0], logs.messages()
     assert "clusters.yaml" in errors[0], errors
-    requested = {r.partition_key for r in result.run_requests}
+    assert isinstance(result, SensorResult)
+    requested = {r.partition_key for r in result.run_requests or []}
     assert "hr-people" not in requested and requested  # the others still run
 
 
 # --------------------------------------------------------------------------- the pipes mode
 
-PIPES = {
+PIPES: dict[str, Any] = {
     **DATABRICKS,
     "databricks_launch": "pipes",
     "databricks_volume": "/Volumes/main/ops/fanout",
@@ -269,7 +271,7 @@ def test_the_pipes_mode_loads_with_every_kind_of_compute(tmp_path, workspace_env
 
     defs = build_definitions(Settings(**PIPES, clusters_file=clusters_file(tmp_path)))
     Definitions.validate_loadable(defs)
-    assert isinstance(defs.resources["object_loader"], PipesObjectLoader)
+    assert isinstance((defs.resources or {})["object_loader"], PipesObjectLoader)
 
 
 # --------------------------------------------------------------------------- bad input at run start
@@ -305,7 +307,9 @@ def pipes_step_failure(tmp_path, project, emu, instance, monkeypatch, cluster="d
     )
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-    return failure.step_failure_data.error.to_string()
+    error = failure.step_failure_data.error
+    assert error is not None
+    return error.to_string()
 
 
 def test_a_missing_volume_fails_the_run_naming_the_setting(
