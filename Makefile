@@ -11,6 +11,7 @@ PORT ?= 3000
 PYTEST_ARGS ?=
 OBJECTS ?=
 MODES ?=
+EMULATOR_ARGS ?=
 
 .PHONY: dev spark-server spark-shell test test-fast test-slow lint format emulator bench check-java install clean
 
@@ -68,9 +69,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# A local Databricks workspace emulator on 127.0.0.1 (prints host and token).
+# A local Databricks workspace emulator on 127.0.0.1 (prints host and token);
+# e.g. EMULATOR_ARGS="--no-dbfs-root --volume main.ops.fanout" (docs/databricks.md).
 emulator: $(STAMP) check-java
-	$(PY) -m databricks_emulator
+	$(PY) -m databricks_emulator $(EMULATOR_ARGS)
 
 bench: $(STAMP) check-java
 	$(PY) -m bench $(if $(OBJECTS),--objects $(OBJECTS)) $(if $(MODES),--modes $(MODES))

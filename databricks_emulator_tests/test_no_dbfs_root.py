@@ -32,6 +32,15 @@ try:
     spark.range(1).write.parquet("dbfs:/tmp/x")
 except Exception as exc:
     print("spark:", "[DBFS_DISABLED] Public DBFS root is disabled" in str(exc))
+# Unity Catalog tables do not need the DBFS root; hive_metastore managed tables do.
+spark.sql("CREATE SCHEMA IF NOT EXISTS main.bronze")
+spark.range(3).write.format("delta").saveAsTable("main.bronze.t")
+print("uc table:", spark.table("main.bronze.t").count())
+try:
+    spark.range(1).write.format("delta").saveAsTable("default.legacy")
+    print("hive_metastore: written")
+except Exception as exc:
+    print("hive_metastore: refused", "dbfs:/user/hive/warehouse" in str(exc))
 """
 
 
@@ -69,6 +78,8 @@ def test_no_dbfs_root(tmp_path: Path) -> None:
         )
         assert "dbutils volume: ['in.txt', 'job.py']" in logs
         assert "spark: True" in logs
+        assert "uc table: 3" in logs, output.error_trace
+        assert "hive_metastore: refused True" in logs
         if not _probe():
             assert "fuse: FileNotFoundError" in logs and "volume: volume data" in logs
         assert not (emu.dbfs_root / "FileStore").exists()

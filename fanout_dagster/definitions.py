@@ -5,8 +5,11 @@ The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
   (`FANOUT_SPARK=connect`, started by `make dev`) or starts an embedded Spark
   (`FANOUT_SPARK=embedded`); bronze Delta tables `bronze.<table>` under
   warehouse/; no credentials;
-- `databricks`: each step runs as a Databricks run through the dagster-databricks
-  step launcher, on the cluster's SparkSession (resources/databricks.py).
+- `databricks`: each step's objects load in a Databricks run, by one of two
+  launch modes (`FANOUT_DATABRICKS_LAUNCH`, resources/databricks.py): the
+  dagster-databricks step launcher (the whole step on the cluster, staged on
+  DBFS) or Dagster Pipes (a job run on a cluster or serverless compute,
+  staged on a Unity Catalog volume, objects reported back as they finish).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dagster import Definitions, ResourceDefinition, in_process_executor
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource, SparkResource
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster.settings import Settings
@@ -31,10 +35,17 @@ def local_spark(settings: Settings) -> SparkResource:
 
 
 def local_resources(settings: Settings) -> dict[str, Any]:
+    spark = local_spark(settings)
+    bronze_tables = BronzeTables(schema_name=settings.bronze_schema, local_catalog=True)
+    object_configs = ObjectConfigs.from_settings(settings)
     return {
-        "spark": local_spark(settings),
-        "bronze_tables": BronzeTables(schema_name=settings.bronze_schema, local_catalog=True),
-        "object_configs": ObjectConfigs.from_settings(settings),
+        "spark": spark,
+        "bronze_tables": bronze_tables,
+        "object_configs": object_configs,
+        # Objects load in the run's own process, on its SparkSession.
+        "object_loader": LocalObjectLoader(
+            spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
+        ),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),
     }

@@ -12,6 +12,10 @@ queued:
 - `fanout/objects`: the run's partition keys, which the remote side of a
   Databricks step needs (see assets/bronze.py).
 
+A run whose objects straddle clusters (a UI backfill range across a cluster
+boundary) is split by cluster: it keeps its first cluster's objects and sibling
+runs take the rest (pack_split.py).
+
 Configured in dagster.yaml under `run_coordinator:`.
 """
 
@@ -26,6 +30,7 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
+from fanout_dagster.pack_split import Segment, cluster_segments, segment_tags, submit_siblings
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import cluster_tags, recorded_clusters
 from fanout_dagster.resources.object_configs import ObjectConfigs
@@ -38,7 +43,11 @@ BRONZE_KEY = AssetKey("bronze")
 class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
-        tags = self.placement_tags(run)
+        tags, segments = self._placement(run)
+        if len(segments) > 1:
+            # A pack straddling clusters: its other segments become sibling runs
+            # (created before this run is narrowed, see pack_split.py).
+            submit_siblings(self._instance, context.workspace, run, segments)
         if tags:
             self._instance.add_run_tags(run.run_id, tags)
             run = self._instance.get_run_by_id(run.run_id) or run
@@ -46,18 +55,28 @@ class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
         return super().submit_run(context)
 
     def placement_tags(self, run: DagsterRun) -> dict[str, str]:
+        return self._placement(run)[0]
+
+    def _placement(self, run: DagsterRun) -> tuple[dict[str, str], list[Segment]]:
+        """The run's tags to add, and its cluster segments when it straddles clusters."""
         if not run.asset_selection or BRONZE_KEY not in run.asset_selection:
-            return {}
+            return {}, []
         keys = run_partition_keys(self._instance, run)
         if not keys:
-            return {}
+            return {}, []
         tags: dict[str, str] = {}
         if OBJECTS_TAG not in run.tags:
             tags[OBJECTS_TAG] = ",".join(keys)
+        segments: list[Segment] = []
         if CLUSTER_TAG not in run.tags:
             clusters = recorded_clusters(self._instance, keys, fallback=_declared_clusters)
-            tags.update(cluster_tags(clusters, self.cluster_limits()))
-        return tags
+            segments = cluster_segments(keys, clusters)
+            if len(segments) > 1:
+                # This run keeps the first segment (pack_split.py).
+                tags.update(segment_tags(segments[0]))
+            else:
+                tags.update(cluster_tags(clusters, self.cluster_limits()))
+        return tags, segments
 
     def cluster_limits(self) -> dict[str, int]:
         """Per-cluster run limits from `concurrency: runs: tag_concurrency_limits`."""

@@ -15,14 +15,17 @@ or DATABRICKS_CONFIG_PROFILE), so that they stay out of every file and event.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FANOUT_"
+LAUNCH_MODES = ("step_launcher", "pipes")
+VOLUME_FOLDER = re.compile(r"^/Volumes/[^/]+/[^/]+/[^/]+(/[^/]+)*/?$")
 
 # configs/, data/ and clusters.yaml sit next to the package. Relative paths
 # resolve from here, also on a Databricks cluster, where the code bundle
@@ -108,17 +111,51 @@ class Settings(BaseSettings):
         description="Let the step launcher attach dagster, dagster-databricks, dagster-pyspark "
         "and databricks-sdk at this environment's versions.",
     )
+    databricks_launch: Literal["step_launcher", "pipes"] = Field(
+        "step_launcher",
+        description="How a bronze step runs on Databricks: `step_launcher` (dagster-databricks "
+        "step launcher, stages on DBFS) or `pipes` (a job run through Dagster Pipes, staged on a "
+        "Unity Catalog volume; classic or serverless compute). See docs/databricks.md.",
+    )
+    databricks_volume: str = Field(
+        "",
+        description="Pipes mode: Unity Catalog volume folder for the code bundle and the Pipes "
+        "context and messages (e.g. `/Volumes/main/ops/fanout`); required with `pipes`.",
+    )
     databricks_poll_s: float = Field(
         5.0, gt=0, description="Seconds between polls of a running Databricks run."
     )
     databricks_timeout_s: int = Field(
-        3600, ge=1, description="Seconds after which a Databricks run is given up on."
+        3600,
+        ge=1,
+        description="Seconds a Databricks run may take: sent as the run's `timeout_seconds` "
+        "(Databricks stops it, also when the Dagster run worker died) and waited for at most.",
     )
     remote_step: bool = Field(
         False,
         description="Internal: set on the Databricks side of a step, where the step already "
         "runs remotely.",
     )
+
+    @field_validator("databricks_launch", mode="before")
+    @classmethod
+    def _known_launch_mode(cls, value: object) -> object:
+        if value not in LAUNCH_MODES:
+            raise ValueError(
+                f"{cls.env_name('databricks_launch')}={value!r} is not a launch mode this "
+                f"deployment knows: {' or '.join(LAUNCH_MODES)}"
+            )
+        return value
+
+    @field_validator("databricks_volume", mode="before")
+    @classmethod
+    def _volume_folder(cls, value: object) -> object:
+        if isinstance(value, str) and value and not VOLUME_FOLDER.match(value):
+            raise ValueError(
+                f"{cls.env_name('databricks_volume')}={value!r} is not a Unity Catalog volume "
+                "folder: /Volumes/<catalog>/<schema>/<volume>[/<folder>...]"
+            )
+        return value.rstrip("/") if isinstance(value, str) else value
 
     @classmethod
     def env_name(cls, field: str) -> str:

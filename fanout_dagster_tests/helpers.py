@@ -19,6 +19,7 @@ from dagster import ResourceDefinition
 from fanout_dagster.objects import ObjectConfig, load_objects
 from fanout_dagster.resources.bronze_tables import BronzeTables
 from fanout_dagster.resources.object_configs import ObjectConfigs
+from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import SparkResource
 from fanout_dagster.spark_connect_server import ServerConfig
 
@@ -178,6 +179,11 @@ class Project:
             "spark": spark_resource,
             "bronze_tables": self.bronze_tables(),
             "object_configs": self.object_configs(),
+            "object_loader": LocalObjectLoader(
+                spark=spark_resource,
+                bronze_tables=self.bronze_tables(),
+                object_configs=self.object_configs(),
+            ),
             "pyspark_step_launcher": ResourceDefinition.none_resource(),
         }
 

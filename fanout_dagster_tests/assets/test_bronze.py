@@ -26,6 +26,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from fanout_dagster.assets.bronze import build_bronze_asset
 from fanout_dagster.ingest import AUDIT_COLUMNS
 from fanout_dagster.objects import load_objects
+from fanout_dagster.pack_split import cluster_segments, segment_tags
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import record_clusters
 from fanout_dagster.run_coordinator import (
@@ -33,7 +34,7 @@ from fanout_dagster.run_coordinator import (
     ClusterTaggingRunCoordinator,
     run_partition_keys,
 )
-from fanout_dagster.tags import CLUSTER_TAG, CLUSTERS_TAG, OBJECTS_TAG
+from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.helpers import (
     REPO_ROOT,
     SAMPLE_DATA,
@@ -306,46 +307,36 @@ def test_placement_tags_for_a_range_in_partition_order(placed, bronze_job, coord
         OBJECTS_TAG: "crm-web_events,erp-inventory",
         CLUSTER_TAG: "heavy",
     }
-    # 3 default (erp-orders, crm-contacts, erp-customers) vs 2 heavy: majority wins.
+    # A pack straddling clusters keeps its first cluster's segment (partition
+    # order); the rest go to sibling runs (pack_split.py, e2e/test_pack_split.py).
     mixed = make_run(placed, bronze_job, range_tags("erp-orders", "erp-inventory"))
     assert coordinator.placement_tags(mixed) == {
-        OBJECTS_TAG: ",".join(ADDED),
+        **range_tags("erp-orders", "erp-customers"),
+        OBJECTS_TAG: "erp-orders,crm-contacts,erp-customers",
         CLUSTER_TAG: "default",
-        CLUSTERS_TAG: "default+heavy",
     }
-    # 1 default vs 2 heavy.
     heavy_majority = make_run(placed, bronze_job, range_tags("erp-customers", "erp-inventory"))
     assert coordinator.placement_tags(heavy_majority) == {
-        OBJECTS_TAG: "erp-customers,crm-web_events,erp-inventory",
-        CLUSTER_TAG: "heavy",
-        CLUSTERS_TAG: "default+heavy",
+        **range_tags("erp-customers", "erp-customers"),
+        OBJECTS_TAG: "erp-customers",
+        CLUSTER_TAG: "default",
     }
 
 
-def test_a_mixed_pack_runs_under_its_most_constrained_cluster(bronze_job):
-    limits = {"default": 2, "heavy": 1}
-    overrides = {
-        "concurrency": {
-            "runs": {
-                "tag_concurrency_limits": [
-                    {"key": CLUSTER_TAG, "value": name, "limit": limit}
-                    for name, limit in limits.items()
-                ]
-            }
-        }
+def test_a_straddling_pack_is_cut_into_segments_of_one_cluster():
+    clusters = {"a1": "a", "a2": "a", "b1": "b", "a3": "a", "b2": "b", "b3": "b"}
+    assert cluster_segments(["a1", "a2", "b1", "a3", "b2", "b3"], clusters) == [
+        ("a", ["a1", "a2"]),
+        ("b", ["b1"]),
+        ("a", ["a3"]),
+        ("b", ["b2", "b3"]),
+    ]
+    assert cluster_segments(["a1", "a2"], clusters) == [("a", ["a1", "a2"])]
+    assert segment_tags(("b", ["b2", "b3"])) == {
+        **range_tags("b2", "b3"),
+        OBJECTS_TAG: "b2,b3",
+        CLUSTER_TAG: "b",
     }
-    with instance_for_test(overrides=overrides) as instance:
-        instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ADDED)
-        coordinator = ClusterTaggingRunCoordinator()
-        coordinator.register_instance(instance)
-        assert coordinator.cluster_limits() == limits
-        # Nothing recorded by a sensor: the clusters come from the configs
-        # folder (erp-orders, crm-contacts, erp-customers default; the rest heavy).
-        mixed = make_run(instance, bronze_job, range_tags("erp-orders", "erp-inventory"))
-        # 3 default vs 2 heavy: the heavy limit (1) still governs the pack, so
-        # heavy objects never run beyond it.
-        assert coordinator.placement_tags(mixed)[CLUSTER_TAG] == "heavy"
-        assert coordinator.placement_tags(mixed)[CLUSTERS_TAG] == "default+heavy"
 
 
 def test_placement_tags_keep_what_the_run_already_says(placed, bronze_job, coordinator):

@@ -23,7 +23,7 @@ from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import all_runs_finished, describe_runs, wait_for
-from fanout_dagster_tests.e2e.test_databricks import databricks_deployment
+from fanout_dagster_tests.e2e.test_databricks import databricks_deployment, uc_table
 from fanout_dagster_tests.helpers import (
     expected_source_files,
     keep_objects,
@@ -360,7 +360,7 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
         assert instance.get_materialized_partitions(BRONZE) == {key}
 
     obj = load_objects(project.configs).by_key()[key]
-    table_df = spark.read.format("delta").load(str(project.process_table(table)))
+    table_df = uc_table(spark, emu, table)
     assert table_df.count() == spark_source_count(
         spark, obj, expected_source_files(project.data, obj)
     )

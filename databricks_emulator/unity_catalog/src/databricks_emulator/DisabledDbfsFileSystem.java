@@ -15,8 +15,20 @@ import org.apache.hadoop.util.Progressable;
  * {@code dbfs:/} on a workspace whose DBFS root is disabled: every access fails the way Spark
  * does on Databricks ({@code [DBFS_DISABLED] Public DBFS root is disabled. Access is denied on
  * path: /x SQLSTATE: 56038}).
+ *
+ * <p>One exception: the hive_metastore's {@code default} database, which every workspace has,
+ * lives at the warehouse root {@code dbfs:/user/hive/warehouse}. Spark's session catalog creates
+ * it ({@code mkdirs}) when it starts, and the Unity Catalog plugin works through that catalog, so
+ * that one {@code mkdirs} succeeds (creating nothing): Unity Catalog tables work without a DBFS
+ * root, as on Databricks, while writing a hive_metastore managed table still fails.
  */
 public class DisabledDbfsFileSystem extends RawLocalFileSystem {
+  private static final String WAREHOUSE_ROOT = "/user/hive/warehouse";
+
+  private static boolean isWarehouseRoot(Path path) {
+    return path != null && WAREHOUSE_ROOT.equals(path.toUri().getPath().replaceAll("/+$", ""));
+  }
+
   private static UnsupportedOperationException denied(Path path) {
     String p = path == null ? "/" : path.toUri().getPath();
     return new UnsupportedOperationException(
@@ -88,11 +100,17 @@ public class DisabledDbfsFileSystem extends RawLocalFileSystem {
 
   @Override
   public boolean mkdirs(Path f) throws IOException {
+    if (isWarehouseRoot(f)) {
+      return true;
+    }
     throw denied(f);
   }
 
   @Override
   public boolean mkdirs(Path f, FsPermission permission) throws IOException {
+    if (isWarehouseRoot(f)) {
+      return true;
+    }
     throw denied(f);
   }
 

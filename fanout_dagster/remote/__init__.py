@@ -1,0 +1,1 @@
+"""Code that runs on Databricks, outside Dagster (the Pipes launch mode)."""
