@@ -118,8 +118,8 @@ def test_each_objects_spark_jobs_carry_its_partition_key(
     )
     assert result.success
     api = f"http://{spark_server.host}:{spark_server.ui_port}/api/v1/applications"
-    [app] = json.load(urllib.request.urlopen(api, timeout=10))
-    jobs = json.load(urllib.request.urlopen(f"{api}/{app['id']}/jobs", timeout=10))
+    [app] = json.load(urllib.request.urlopen(api, timeout=60))
+    jobs = json.load(urllib.request.urlopen(f"{api}/{app['id']}/jobs", timeout=60))
     tagged = [
         j for j in jobs if any("fanout-object-erp-stores" in tag for tag in j.get("jobTags", []))
     ]

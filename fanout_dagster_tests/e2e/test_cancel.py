@@ -57,8 +57,8 @@ def add_big_object(project, rows: int = 1_500_000) -> str:
 
 def server_jobs(server) -> list[dict]:
     api = f"http://{server.host}:{server.ui_port}/api/v1/applications"
-    [app] = json.load(urllib.request.urlopen(api, timeout=10))
-    return json.load(urllib.request.urlopen(f"{api}/{app['id']}/jobs", timeout=10))
+    [app] = json.load(urllib.request.urlopen(api, timeout=60))
+    return json.load(urllib.request.urlopen(f"{api}/{app['id']}/jobs", timeout=60))
 
 
 def test_terminating_a_local_run_interrupts_its_spark_work_and_skips_the_rest_of_its_pack(
