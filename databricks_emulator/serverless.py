@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .process import TaskProcess
 from .task_python import HIDDEN_PATHS_ENV
-from .task_setup import LOG4J2_PROPERTIES, PACKAGE_ROOT, TaskHost, cluster_spark_conf
+from .task_setup import LOG4J2_PROPERTIES, PACKAGE_ROOT, TaskHost, callers_only, cluster_spark_conf
 
 START_TIMEOUT_SECONDS = 180.0
 
@@ -83,11 +83,7 @@ class ConnectServer:
         )
         (conf_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         spark_home = Path(pyspark.__file__).resolve().parent
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("DATABRICKS_") and k not in ("SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS")
-        }
+        env = {k: v for k, v in os.environ.items() if not callers_only(k)}
         env.update(
             {
                 "SPARK_HOME": str(spark_home),

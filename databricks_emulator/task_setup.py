@@ -186,6 +186,19 @@ def start_task_process(
     )
 
 
+_CALLER_SPARK_SETTINGS = (
+    "PYSPARK_SUBMIT_ARGS",
+    "SPARK_CONF_DIR",
+    "SPARK_REMOTE",
+    "SPARK_CONNECT_MODE_ENABLED",
+    "SPARK_API_MODE",
+)
+
+
+def callers_only(name: str) -> bool:
+    return name.startswith("DATABRICKS_") or name in _CALLER_SPARK_SETTINGS
+
+
 def task_env(
     run: Run,
     task: TaskRun,
@@ -194,13 +207,11 @@ def task_env(
     wheels: list[str],
     remote: str | None = None,
 ) -> dict[str, str]:
-    # A cluster does not know the caller's credentials or Spark launcher settings.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DATABRICKS_")
-        and k not in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_REMOTE")
-    }
+    # A cluster does not know the caller's credentials or Spark launcher settings,
+    # nor pyspark's process-wide mode (a caller that opened a Spark Connect
+    # session carries SPARK_CONNECT_MODE_ENABLED, which would turn a classic
+    # cluster's getOrCreate() into a Connect one).
+    env = {k: v for k, v in os.environ.items() if not callers_only(k)}
     hidden = str(PACKAGE_ROOT)
     # The run's wheels (also for Spark's Python workers), never the working tree.
     pythonpath = [

@@ -21,7 +21,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
 from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
-from fanout_dagster_tests.helpers import REPO_ROOT
+from fanout_dagster_tests.helpers import CONNECT_MODE_FLAG, REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -60,13 +60,15 @@ def start_in_own_group(
     """A child leading its own process group, output appended to log_path.
 
     Everything it starts (code servers, run workers, Spark JVMs) stays in the
-    group, so stop_process_group stops all of it.
+    group, so stop_process_group stops all of it. pyspark's process-wide
+    Connect flag of this test process is not passed on: each Dagster process
+    decides its Spark mode from its own settings, as in a deployment.
     """
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             command,
             cwd=cwd,
-            env=dict(env),
+            env={k: v for k, v in env.items() if k != CONNECT_MODE_FLAG},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
