@@ -324,19 +324,15 @@ def test_placement_tags_for_a_range_in_partition_order(placed, bronze_job, coord
 
 def test_a_mixed_pack_runs_under_its_most_constrained_cluster(bronze_job):
     limits = {"default": 2, "heavy": 1}
-    overrides = {
-        "concurrency": {
-            "runs": {
-                "tag_concurrency_limits": [
-                    {"key": CLUSTER_TAG, "value": name, "limit": limit}
-                    for name, limit in limits.items()
-                ]
-            }
-        }
-    }
-    with instance_for_test(overrides=overrides) as instance:
+    with instance_for_test() as instance:
         instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ADDED)
-        coordinator = ClusterTaggingRunCoordinator()
+        # The limits are the coordinator's own config (dagster.yaml).
+        coordinator = ClusterTaggingRunCoordinator(
+            tag_concurrency_limits=[
+                {"key": CLUSTER_TAG, "value": name, "limit": limit}
+                for name, limit in limits.items()
+            ]
+        )
         coordinator.register_instance(instance)
         assert coordinator.cluster_limits() == limits
         # Nothing recorded by a sensor: the clusters come from the configs
@@ -377,7 +373,9 @@ def test_submit_run_queues_the_run_with_its_placement_tags(placed, bronze_job, c
 def test_dagster_yaml_installs_the_coordinator_with_its_cluster_limits(project, spark_resource):
     """The run queue configured as in the repo's dagster.yaml."""
     settings = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    overrides = {key: settings[key] for key in ("run_coordinator", "concurrency")}
+    overrides = {
+        key: settings[key] for key in ("run_coordinator", "concurrency") if key in settings
+    }
     with instance_for_test(overrides=overrides) as configured:
         coordinator = configured.run_coordinator
         assert isinstance(coordinator, ClusterTaggingRunCoordinator)
