@@ -12,6 +12,15 @@
   estimated from it (`tick_total_estimated`) unless it finished in the window.
   Extras also give the sensor function's own time (in-process, on an empty
   instance) and the time to read the configs alone.
+- `scale_sensor_steady_tick`: the real `dagster-daemon` again (fresh instance,
+  run queue closed), `FANOUT_OBJECTS_PER_RUN=100` so that the first tick
+  requests every object (100 runs); then the ticks that follow with nothing
+  changed, the state every tick reads being 10,000 key-value entries. `wall_s`
+  is the slowest of `steady_ticks` such ticks (the daemon's own tick record:
+  start -> end, gRPC call to the code server included); extras give each
+  tick's time, the sensor's cursor size in bytes, the entries in the
+  key-value store, and the sensor function's own time for a steady tick
+  (in-process against the same instance, median of 3).
 """
 
 from __future__ import annotations
@@ -117,13 +126,13 @@ def _evaluate_in_process(spec: dict) -> tuple[float, int]:
     from dagster import DagsterInstance, SensorResult, build_sensor_context
 
     from fanout_dagster.resources.object_configs import ObjectConfigs
-    from fanout_dagster.sensors import object_configs_sensor
+    from fanout_dagster.sensors import build_object_sensor
 
     with DagsterInstance.ephemeral() as instance:
         catalog = ObjectConfigs(configs_dir=spec["configs"], data_root=spec["data_root"])
         context = build_sensor_context(instance=instance, resources={"object_configs": catalog})
         started = time.perf_counter()
-        result = object_configs_sensor(context)
+        result = build_object_sensor()(context)
         elapsed = time.perf_counter() - started
     requested = len(result.run_requests or []) if isinstance(result, SensorResult) else 0
     return elapsed, requested
@@ -135,4 +144,95 @@ def _first_tick(instance, InstigatorType):
         if state.name == SENSOR_NAME:
             ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=10)
             return ticks[-1] if ticks else None
+    return None
+
+
+def run_sensor_steady(spec: dict) -> dict:
+    """Steady-state ticks over N configs through the real daemon (see the module doc)."""
+    import statistics
+
+    from dagster import DagsterInstance, build_sensor_context
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    from fanout_dagster.object_state import KV_PREFIX
+    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+    from fanout_dagster.resources.object_configs import ObjectConfigs
+    from fanout_dagster.sensors import build_object_sensor
+
+    n, wanted = spec["objects"], spec["steady_ticks"]
+    home = Path(os.environ["DAGSTER_HOME"])
+    workspace = write_instance(home, 0)  # max_concurrent_runs: 0 - runs stay queued
+    workdir = Path(spec["workdir"])
+    instance = DagsterInstance.get()
+    daemon = Daemon(workspace, dict(os.environ), workdir / "daemon.log", workdir)
+    deadline = time.time() + spec["timeout_s"]
+    ticks: list = []
+    try:
+        while time.time() < deadline:
+            if daemon.proc.poll() is not None:
+                raise RuntimeError(f"dagster-daemon exited; see {daemon.log_path}")
+            ticks = [t for t in _ticks(instance, InstigatorType) if t.status != TickStatus.STARTED]
+            if len(ticks) >= 1 + wanted:
+                break
+            time.sleep(1.0)
+    finally:
+        daemon.stop()
+    if len(ticks) < 1 + wanted:
+        raise TimeoutError(f"{len(ticks)} finished sensor ticks; see {daemon.log_path}")
+    first, steady = ticks[0], ticks[1 : 1 + wanted]
+    if first.status != TickStatus.SUCCESS or any(t.status != TickStatus.SKIPPED for t in steady):
+        raise RuntimeError(
+            f"expected one tick with runs, then skipped ones: {[t.status.value for t in ticks]}"
+        )
+    durations = [t.end_timestamp - t.timestamp for t in steady]
+    cursor = _cursor(instance, InstigatorType) or ""
+    keys = instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME)
+    entries = len(instance.run_storage.get_cursor_values({KV_PREFIX + key for key in keys}))
+
+    # The sensor function alone for a steady tick, against the same instance.
+    catalog = ObjectConfigs(configs_dir=spec["configs"], data_root=spec["data_root"])
+    sensor = build_object_sensor(objects_per_run=spec["pack_size"])
+    in_process = []
+    for _ in range(3):
+        context = build_sensor_context(
+            instance=instance, cursor=cursor, resources={"object_configs": catalog}
+        )
+        started = time.perf_counter()
+        result = sensor(context)
+        in_process.append(time.perf_counter() - started)
+        if result.run_requests:
+            raise RuntimeError("a steady tick requested runs")
+        cursor = result.cursor or cursor
+    return {
+        "t0": steady[0].timestamp,
+        "wall_s": max(durations),
+        "runs": [],
+        "timeline": None,
+        "extras": {
+            "steady_tick_s": [round(d, 3) for d in durations],
+            "steady_tick_median_s": round(statistics.median(durations), 3),
+            "first_tick_s": round(first.end_timestamp - first.timestamp, 1),
+            "first_tick_runs": len(first.run_ids),
+            "cursor_bytes": len(cursor.encode()),
+            "cursor": cursor,
+            "state_entries": entries,
+            "objects_in_state": n,
+            "sensor_eval_steady_in_process_s": round(statistics.median(in_process), 3),
+        },
+    }
+
+
+def _ticks(instance, InstigatorType) -> list:
+    """The object sensor's ticks, oldest first."""
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name == SENSOR_NAME:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=50)
+            return sorted(ticks, key=lambda t: t.timestamp)
+    return []
+
+
+def _cursor(instance, InstigatorType) -> str | None:
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name == SENSOR_NAME and state.instigator_data:
+            return state.instigator_data.cursor
     return None

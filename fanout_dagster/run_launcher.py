@@ -16,8 +16,10 @@ Dagster's monitoring daemon asks every `poll_interval_seconds` and marks a run
 whose worker is gone as failed, which frees its queue slot; Dagster's run
 retries (`run_retries`, the run's `dagster/max_retries` tag) then retry it.
 
-Workers on other hosts (a code server in another container, say) are
-reported UNKNOWN, which monitoring leaves alone rather than guess.
+Workers it cannot see (launched on a code server of another host or
+container, or a run whose worker never reported its pid) are reported RUNNING,
+as without this check: run monitoring fails a run on any other status, and a
+run failed while its worker is alive would be retried beside it.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        # Run monitoring fails a run on any status but RUNNING and SUCCESS, so
+        # a worker this launcher cannot see is reported RUNNING (not checked),
+        # as Dagster's DefaultRunLauncher would leave it.
         if not _launched_on_this_host(run):
             return CheckRunHealthResult(
-                WorkerStatus.UNKNOWN, "the run's code server is on another host"
+                WorkerStatus.RUNNING, "not checked: the run's code server is on another host"
             )
         worker = self._worker(run.run_id)
         if worker is None:
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "the run worker has not reported")
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, "not checked: the run's worker has not reported its pid"
+            )
         pid, reported_at = worker
         state = process_state(pid)
         if state is None or state.zombie:
@@ -87,7 +94,8 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
                 return self._workers[run_id]
         found = None
         for entry in self._instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
-            match = _STARTED.match(entry.user_message or "")
+            message = entry.dagster_event.message if entry.dagster_event else None
+            match = _STARTED.match(message or entry.user_message or "")
             if match:
                 found = (int(match.group(1)), entry.timestamp)  # the latest report wins
         if found is not None:
