@@ -120,19 +120,30 @@ class ObjectStateStore:
         self._instance = instance
         self._storage = instance.run_storage
         self._present: set[str] = set()  # keys with a row (entries and tombstones)
+        self._tombstones: set[str] = set()
         self._raw: dict[str, dict[str, Any]] = {}
 
     def read(self, keys: Iterable[str], committed_tick: int) -> dict[str, ObjectState]:
-        """The committed state of these objects (one query per 20,000 keys)."""
-        names = [KV_PREFIX + key for key in keys]
-        rows: dict[str, str] = {}
-        for start in range(0, len(names), _READ_CHUNK):
-            rows.update(self._storage.get_cursor_values(set(names[start : start + _READ_CHUNK])))
+        """The committed state of every object with an entry.
+
+        On SQL run storage, one range query over the entries' key prefix: every
+        entry, whatever the keys asked for (an object whose partition was
+        deleted still has its entry read, and pruned). Elsewhere, the entries
+        of `keys`, 20,000 a query.
+        """
+        rows = read_kv_prefix(self._instance, KV_PREFIX)
+        if rows is None:
+            names = [KV_PREFIX + key for key in keys]
+            rows = {}
+            for start in range(0, len(names), _READ_CHUNK):
+                chunk = set(names[start : start + _READ_CHUNK])
+                rows.update(self._storage.get_cursor_values(chunk))
         states: dict[str, ObjectState] = {}
         for name, text in rows.items():
             key = name[len(KV_PREFIX) :]
             self._present.add(key)
             if text == _TOMBSTONE:
+                self._tombstones.add(key)
                 continue
             entry = json.loads(text)
             self._raw[key] = entry
@@ -145,7 +156,7 @@ class ObjectStateStore:
 
     def orphans(self, states: Mapping[str, ObjectState]) -> list[str]:
         """Keys read with a row but no committed state (a new object's uncommitted entry)."""
-        return sorted(self._present - set(states))
+        return sorted(self._present - self._tombstones - set(states))
 
     def write(
         self,
@@ -195,6 +206,26 @@ def set_kv(instance: DagsterInstance, pairs: Mapping[str, str], existing: set[st
     for batch in (new, old):
         for start in range(0, len(batch), _WRITE_CHUNK):
             storage.set_cursor_values(dict(batch[start : start + _WRITE_CHUNK]))
+
+
+def read_kv_prefix(instance: DagsterInstance, prefix: str) -> dict[str, str] | None:
+    """Every key-value row whose key starts with `prefix` (ASCII), in one range query
+    on the `kvs` table's unique key index; None where the storage is not SQL."""
+    sql_storage = _sql_run_storage(instance)
+    if sql_storage is None:
+        return None
+    import sqlalchemy as db
+    from dagster._core.storage.runs.schema import KeyValueStoreTable
+
+    table = KeyValueStoreTable
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    query = (
+        db.select(table.c.key, table.c.value)
+        .where(table.c.key >= prefix)
+        .where(table.c.key < upper)
+    )
+    with sql_storage.connect() as conn:
+        return {key: value for key, value in conn.execute(query)}
 
 
 def delete_kv(instance: DagsterInstance, keys: Iterable[str]) -> None:

@@ -7,9 +7,12 @@ reporting (SIGKILL, OOM kill, the host or container going away with the whole
 daemon process group) then leaves its run STARTED forever, holding a queue
 slot, and its backfill never completes.
 
-This subclass knows where the worker is: the worker reports its pid as its
+While the code server that started a worker is up, it watches the worker
+itself (and fails the run when the worker dies under it); this subclass asks
+it first. When it is gone (the host or container lost, the daemon's process
+group killed), the worker is judged by its pid: the worker reports it as its
 first event ("Started process for run (pid: N)"), and the run's gRPC tag names
-the code server it was launched on. When that server is on this host, the
+the code server it was launched on. When that server was on this host, the
 worker is a process of this host: alive if the pid exists, is not a zombie
 and started before it reported. With `run_monitoring` enabled (dagster.yaml),
 Dagster's monitoring daemon asks every `poll_interval_seconds` and marks a run
@@ -65,6 +68,10 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, "not checked: the run's code server is on another host"
             )
+        if _code_server_runs(run):
+            # The server that started the worker is up and still runs it (it also
+            # fails the run itself when its worker dies under it).
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
         worker = self._worker(run.run_id)
         if worker is None:
             return CheckRunHealthResult(
@@ -115,6 +122,30 @@ def _launched_on_this_host(run: DagsterRun) -> bool:
         return True  # a unix socket: a server of this host
     host = str(grpc.get("host") or "")
     return host in _LOCAL_HOSTS or host in (socket.gethostname(), socket.getfqdn())
+
+
+def _code_server_runs(run: DagsterRun) -> bool:
+    """Whether the run's code server answers and lists the run as executing.
+
+    False when the server is gone (the case this launcher is for), or when the
+    address now answers for another server (restarted): the pid decides then.
+    """
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster._grpc.types import GetCurrentRunsResult
+    from dagster._serdes import deserialize_value
+
+    grpc = json.loads(run.tags.get(GRPC_INFO_TAG) or "{}")
+    try:
+        client = DagsterGrpcClient(
+            port=grpc.get("port"),
+            socket=grpc.get("socket"),
+            host=grpc.get("host") or "localhost",
+            use_ssl=bool(grpc.get("use_ssl", False)),
+        )
+        current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult)
+    except Exception:  # unreachable: gone, or restarting
+        return False
+    return run.run_id in current.current_runs
 
 
 class ProcessState:

@@ -282,6 +282,26 @@ def test_a_watch_that_cannot_be_listed_is_a_config_error_at_the_tick(
     assert len(later.logs.messages(logging.ERROR)) == 1
 
 
+def test_a_watch_that_could_not_be_listed_runs_once_it_can(instance, project, tmp_path):
+    """The data root appears after the object (a mount that was late, say): the
+    first listing that works runs the object, as a change would."""
+    root = tmp_path / "late_root"
+    keep_objects(project, ["erp-stores"])
+    (project.configs / "crm.yaml").write_text(WATCHED)
+    late = VolumeProject(project.configs, str(root))
+    first = tick(instance, late)
+    assert sorted(r.partition_key for r in first.run_requests) == ["crm-web_events", "erp-stores"]
+    assert "is not a folder of the Dagster host" in first.logs.messages(logging.ERROR)[0]
+    (root / "crm" / "web_events").mkdir(parents=True)
+    (root / "crm" / "web_events" / "day=2026-07-01.jsonl").write_text("{}\n")
+    listed = tick(instance, late, cursor=first.cursor)
+    assert [(r.partition_key, r.tags[TRIGGER_TAG]) for r in listed.run_requests] == [
+        ("crm-web_events", "files")
+    ]
+    assert not listed.logs.messages(logging.ERROR)
+    assert tick(instance, late, cursor=listed.cursor).skipped
+
+
 def test_a_watch_under_a_symlink_leading_outside_the_root_is_reported(instance, project, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()

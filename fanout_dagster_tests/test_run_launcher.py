@@ -53,7 +53,8 @@ def test_a_live_worker_is_running_and_a_killed_one_is_failed(launcher_instance):
     assert launcher.supports_check_run_worker_health
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        run = started_run(launcher_instance, worker.pid, {"host": "localhost", "port": 4266})
+        # A code server that is gone (the case the check is for): its socket is gone.
+        run = started_run(launcher_instance, worker.pid, {"socket": "/nonexistent/grpc.sock"})
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
         os.kill(worker.pid, signal.SIGKILL)
         # Not reaped yet: a zombie is a dead worker too.
@@ -73,14 +74,14 @@ def test_a_live_worker_is_running_and_a_killed_one_is_failed(launcher_instance):
 
 def test_a_pid_now_used_by_a_younger_process_is_not_the_worker(launcher_instance):
     # This test's own process started long before the (back-dated) report.
-    run = started_run(launcher_instance, os.getpid(), {"host": "127.0.0.1", "port": 4266})
+    run = started_run(launcher_instance, os.getpid(), {"socket": "/nonexistent/grpc.sock"})
     assert launcher_instance.run_launcher.check_run_worker_health(run).status == (
         WorkerStatus.RUNNING
     )
     younger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         time.sleep(0.1)
-        other = started_run(launcher_instance, younger.pid, {"socket": "/tmp/x.sock"})
+        other = started_run(launcher_instance, younger.pid, {"socket": "/nonexistent/grpc.sock"})
         launcher = WorkerCheckingRunLauncher()
         launcher.register_instance(launcher_instance)
         # The worker reported an hour before this process started: not the worker.
