@@ -151,7 +151,7 @@ def run_sensor_steady(spec: dict) -> dict:
     """Steady-state ticks over N configs through the real daemon (see the module doc)."""
     import statistics
 
-    from dagster import DagsterInstance, build_sensor_context
+    from dagster import DagsterInstance, SensorResult, build_sensor_context
     from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
     from fanout_dagster.object_state import KV_PREFIX
@@ -200,6 +200,7 @@ def run_sensor_steady(spec: dict) -> dict:
         started = time.perf_counter()
         result = sensor(context)
         in_process.append(time.perf_counter() - started)
+        assert isinstance(result, SensorResult), result
         if result.run_requests:
             raise RuntimeError("a steady tick requested runs")
         cursor = result.cursor or cursor

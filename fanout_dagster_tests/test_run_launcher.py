@@ -59,12 +59,12 @@ def test_a_live_worker_is_running_and_a_killed_one_is_failed(launcher_instance):
         os.kill(worker.pid, signal.SIGKILL)
         # Not reaped yet: a zombie is a dead worker too.
         deadline = time.time() + 10
-        while process_state(worker.pid) and not process_state(worker.pid).zombie:
+        while (state := process_state(worker.pid)) is not None and not state.zombie:
             assert time.time() < deadline
             time.sleep(0.05)
         result = launcher.check_run_worker_health(run)
         assert result.status == WorkerStatus.FAILED
-        assert f"run worker process {worker.pid} is gone" in result.msg
+        assert f"run worker process {worker.pid} is gone" in (result.msg or "")
         worker.wait()
         assert launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
     finally:
@@ -87,7 +87,7 @@ def test_a_pid_now_used_by_a_younger_process_is_not_the_worker(launcher_instance
         # The worker reported an hour before this process started: not the worker.
         launcher._workers[other.run_id] = (younger.pid, time.time() - 3600)
         result = launcher.check_run_worker_health(other)
-        assert result.status == WorkerStatus.FAILED and "started after" in result.msg
+        assert result.status == WorkerStatus.FAILED and "started after" in (result.msg or "")
     finally:
         younger.kill()
         younger.wait()
@@ -97,4 +97,4 @@ def test_workers_it_cannot_see_are_left_running(launcher_instance):
     launcher = launcher_instance.run_launcher
     remote = started_run(launcher_instance, 999_999, {"host": "user-code.internal", "port": 4000})
     result = launcher.check_run_worker_health(remote)
-    assert result.status == WorkerStatus.RUNNING and "another host" in result.msg
+    assert result.status == WorkerStatus.RUNNING and "another host" in (result.msg or "")

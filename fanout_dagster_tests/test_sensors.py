@@ -48,7 +48,7 @@ class Tick:
     @property
     def skip_message(self) -> str:
         reason = self.result if isinstance(self.result, SkipReason) else self.result.skip_reason
-        return reason.skip_message if reason else ""
+        return (reason.skip_message or "") if reason else ""
 
     @property
     def run_requests(self):

@@ -212,7 +212,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         if kill_scope == "process_group":
             # The run whose worker died failed, naming it, and was retried once.
             dead = instance.get_run_by_id(in_flight)
-            assert dead.status == DagsterRunStatus.FAILURE, detail
+            assert dead is not None and dead.status == DagsterRunStatus.FAILURE, detail
             assert "is gone" in run_messages(instance, in_flight), run_messages(instance, in_flight)
             assert dead.tags[RETRIES_TAG] == "1", dead.tags
             retried = [run for run in runs if run.tags.get(PARENT_RUN_ID_TAG) == in_flight]
@@ -243,6 +243,11 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         f"\n{kill_scope}: killed with runs {sorted(s.value for s in at_kill.values())}; "
         f"processes {processes}; survivors {survivors}; retries {len(retried)}"
     )
+
+
+def run_status(instance, run_id: str) -> DagsterRunStatus | None:
+    run = instance.get_run_by_id(run_id)
+    return run.status if run else None
 
 
 def run_messages(instance, run_id: str) -> str:
@@ -318,7 +323,7 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
         killed = time.monotonic()
 
         wait_for(
-            lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE,
+            lambda: run_status(instance, run.run_id) == DagsterRunStatus.FAILURE,
             120,
             "run monitoring to fail the run whose worker was killed",
             interval=0.5,

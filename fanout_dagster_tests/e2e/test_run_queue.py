@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.storage.dagster_run import RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 from pyspark.sql import SparkSession
 
@@ -117,7 +118,7 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(pr
     def logs() -> str:
         return "\n--- daemon.log (tail)\n" + daemon_log.read_text(errors="replace")[-3000:]
 
-    def runs_by_objects(instance) -> dict[str, object]:
+    def runs_by_objects(instance) -> dict[str, RunRecord]:
         return {
             rec.dagster_run.tags.get(OBJECTS_TAG, "?"): rec for rec in instance.get_run_records()
         }
@@ -183,10 +184,12 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(pr
         assert held_with_room and min(held_with_room) < 3, (held_with_room, detail)
         # Runs that share an object never overlapped; the sensor's packs did run together.
         spans = {
-            rec.dagster_run.tags[OBJECTS_TAG]: (rec.start_time, rec.end_time) for rec in records
+            rec.dagster_run.tags[OBJECTS_TAG]: (rec.start_time or 0.0, rec.end_time or 0.0)
+            for rec in records
         }
         backfill_span = spans.pop("erp-products,erp-stores")
         for objects, (_start, end) in spans.items():
             assert end <= backfill_span[0], (objects, spans, backfill_span, detail)
-        assert max_overlap([r for r in records if r.dagster_run.run_id != backfill_run.run_id]) == 2
+        sensor_records = [r for r in records if r.dagster_run.run_id != backfill_run.run_id]
+        assert max_overlap(sensor_records) == 2
         assert instance.get_materialized_partitions(AssetKey("bronze")) == set(OVERLAP_KEYS)
