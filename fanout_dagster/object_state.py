@@ -208,6 +208,17 @@ def set_kv(instance: DagsterInstance, pairs: Mapping[str, str], existing: set[st
             storage.set_cursor_values(dict(batch[start : start + _WRITE_CHUNK]))
 
 
+def existing_kv_keys(instance: DagsterInstance, keys: Iterable[str]) -> set[str]:
+    """Which of these keys have a row (10,000 keys a query)."""
+    keys = list(keys)
+    found: set[str] = set()
+    for start in range(0, len(keys), _READ_CHUNK // 2):
+        found.update(
+            instance.run_storage.get_cursor_values(set(keys[start : start + _READ_CHUNK // 2]))
+        )
+    return found
+
+
 def read_kv_prefix(instance: DagsterInstance, prefix: str) -> dict[str, str] | None:
     """Every key-value row whose key starts with `prefix` (ASCII), in one range query
     on the `kvs` table's unique key index; None where the storage is not SQL."""

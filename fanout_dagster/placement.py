@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from dagster import DagsterInstance
 
-from fanout_dagster.object_state import delete_kv, set_kv
+from fanout_dagster.object_state import delete_kv, existing_kv_keys, set_kv
 from fanout_dagster.objects import DEFAULT_CLUSTER
 from fanout_dagster.tags import (
     CLUSTER_TAG,
@@ -47,15 +47,13 @@ def record_placements(instance: DagsterInstance, placements: Mapping[str, Placem
             for key, p in placements.items()
         }
     )
-    existing = set(instance.run_storage.get_cursor_values(set(pairs)))
-    set_kv(instance, pairs, existing)
+    set_kv(instance, pairs, existing_kv_keys(instance, pairs))
 
 
 def record_clusters(instance: DagsterInstance, clusters_by_key: Mapping[str, str]) -> None:
     if clusters_by_key:
         pairs = {_KV_PREFIX + key: cluster for key, cluster in clusters_by_key.items()}
-        existing = set(instance.run_storage.get_cursor_values(set(pairs)))
-        set_kv(instance, pairs, existing)
+        set_kv(instance, pairs, existing_kv_keys(instance, pairs))
 
 
 def forget_placements(instance: DagsterInstance, keys: Iterable[str]) -> None:

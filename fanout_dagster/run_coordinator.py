@@ -21,11 +21,14 @@ overlap without being equal (a UI backfill's ranges beside the sensor's packs
 of changed objects), so no single tag value can say "conflicts with". Each
 object is its own tag key instead, and `get_run_queue_config` adds a limit of
 1 for the lock tag of every object (every `objects` partition) to the limits
-of the config. The queue daemon asks the coordinator for its config at every
-dequeue pass and applies the limits with its own counter, which also counts
-the runs it launches within the pass; so a run that shares any object with a
-run in progress, or with one launched ahead of it, stays QUEUED until that run
-ends. The alternatives did not hold runs in the queue: Dagster pools are
+of the config. The queue daemon asks for the config at every dequeue pass
+(instance.get_concurrency_config() -> get_run_queue_config()) and applies the
+limits with its own counter, which also counts the runs it launches within
+the pass; so a run that shares any object with a run in progress, or with one
+launched ahead of it, stays QUEUED until that run ends. The limits cover every
+partition, not only the objects of runs seen in progress, so a run queued
+while the list is being made still meets its objects' limits. (The UI's
+"queue criteria" dialog lists them all: one line per object.) The alternatives did not hold runs in the queue: Dagster pools are
 declared per asset, not per partition, so one pool would serialize every
 bronze run; a lock taken inside the run holds it STARTED (occupying a slot)
 rather than QUEUED; a custom queue daemon cannot be configured in dagster.yaml.
@@ -62,6 +65,8 @@ BRONZE_KEY = AssetKey("bronze")
 
 
 class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
+    _object_limits_cache: tuple[str, list[dict[str, Any]]] | None = None
+
     def register_instance(self, instance: DagsterInstance) -> None:
         super().register_instance(instance)
         runs = (instance.get_settings("concurrency") or {}).get("runs") or {}
@@ -132,10 +137,24 @@ class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
         )
 
     def object_limits(self) -> list[dict[str, Any]]:
-        # Every partition, so that a run queued after this list was made still
-        # meets its objects' limits (a new partition has no run in progress).
+        """A limit of 1 per object: every partition, so that a run queued after this
+        list was made still meets its objects' limits.
+
+        Dagster asks for the config several times a second (the queue daemon,
+        pool settings), so the list is rebuilt only when a partition was added
+        since: the newest partition's id, one indexed row, says so. A deleted
+        partition's limit stays until then, harmlessly.
+        """
+        newest = self._instance.get_paginated_dynamic_partitions(
+            OBJECTS_PARTITIONS_NAME, limit=1, ascending=False
+        ).cursor
+        cached = self._object_limits_cache
+        if cached is not None and cached[0] == newest:
+            return cached[1]
         keys = self._instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME)
-        return [{"key": OBJECT_LOCK_TAG_PREFIX + key, "limit": 1} for key in keys]
+        limits = [{"key": OBJECT_LOCK_TAG_PREFIX + key, "limit": 1} for key in keys]
+        self._object_limits_cache = (newest, limits)
+        return limits
 
 
 def object_lock_tags(keys: list[str]) -> dict[str, str]:

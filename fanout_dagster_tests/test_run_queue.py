@@ -101,6 +101,10 @@ def test_every_bronze_run_gets_a_lock_tag_per_object(queue_instance, bronze_job)
     assert [lim for lim in limits if lim["key"].startswith(OBJECT_LOCK_TAG_PREFIX)] == [
         {"key": OBJECT_LOCK_TAG_PREFIX + key, "limit": 1} for key in KEYS
     ]
+    # A partition added later gets its limit at the next look (the list is cached).
+    queue_instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["hr-people"])
+    limits = queue_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert {"key": OBJECT_LOCK_TAG_PREFIX + "hr-people", "limit": 1} in limits
 
 
 def test_a_backfill_pack_waits_for_overlapping_sensor_runs(queue_instance, bronze_job):
