@@ -638,9 +638,10 @@ class Bench:
             if r["mode"] == "scale_sensor_steady_tick":
                 notes.append(
                     f"sensor steady ticks over {r['objects']} configs (nothing changed): "
-                    f"{r.get('steady_tick_s')} s each through the daemon (median "
-                    f"{r.get('steady_tick_median_s')} s), the sensor function alone "
-                    f"{r.get('sensor_eval_steady_in_process_s')} s; cursor {r.get('cursor_bytes')} "
+                    f"{r.get('steady_tick_s')} s each through the daemon and a long-lived code "
+                    f"server (median {r.get('steady_tick_median_s')} s); the sensor function alone "
+                    f"{r.get('sensor_eval_steady_in_process_s')} s, its first tick in a fresh "
+                    f"process {r.get('cold_process_tick_s')} s; cursor {r.get('cursor_bytes')} "
                     f"bytes; {r.get('state_entries')} per-object entries in the key-value store; "
                     f"first tick (every object requested, {r.get('first_tick_runs')} runs) "
                     f"{r.get('first_tick_s')} s"

@@ -95,6 +95,8 @@ class ClusterTaggingRunCoordinator(QueuedRunCoordinator):
         """The objects (partition keys) of a bronze run; [] for any other run."""
         if not run.asset_selection or BRONZE_KEY not in run.asset_selection:
             return []
+        if run.tags.get(OBJECTS_TAG):  # the sensor's runs (and retries) list them
+            return run.tags[OBJECTS_TAG].split(",")
         return run_partition_keys(self._instance, run)
 
     def placement_tags(self, run: DagsterRun, keys: list[str] | None = None) -> dict[str, str]:
