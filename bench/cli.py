@@ -34,6 +34,9 @@ PACKED_TARGET_RATIO = 1.5
 PACKED_TARGET_N = 60
 DEFS_LOAD_TARGET_S = 5.0
 SENSOR_TICK_TARGET_S = 30.0
+STEADY_TICK_TARGET_S = 2.0
+CURSOR_TARGET_BYTES = 10_000
+STEADY_PACK_SIZE = 100  # objects per run of the steady-state measurement's first tick
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "vs the product (a Dagster run per object, or packed runs).",
     )
     p.add_argument("--objects", help="comma-separated N values (default: 10,60,240)")
-    p.add_argument("--modes", help=f"comma-separated, from {','.join(MODES)} (default: all)")
+    p.add_argument(
+        "--modes",
+        help=f"comma-separated, from {','.join(MODES)} (default: all); "
+        "`none` with --scale: the scale section only",
+    )
     p.add_argument("--rows", type=int, default=2000, help="rows per object CSV (default 2000)")
     p.add_argument(
         "--pack-size",
@@ -112,6 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "are in, to measure its rate (default 90)",
     )
     p.add_argument(
+        "--steady-ticks",
+        type=int,
+        default=3,
+        help="steady-state sensor ticks (nothing changed) measured in the scale section (default 3)",
+    )
+    p.add_argument(
         "--databricks",
         action="store_true",
         help="per_run vs packed on the databricks target against the local emulator",
@@ -152,8 +165,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args(argv)
 
-    explicit = args.objects is not None or args.modes is not None
-    args.run_main = not ((args.scale is not None or args.databricks) and not explicit)
+    no_modes = args.modes is not None and args.modes.strip() == "none"
+    explicit = args.objects is not None or (args.modes is not None and not no_modes)
+    args.run_main = not no_modes and not (
+        (args.scale is not None or args.databricks) and not explicit
+    )
+    if no_modes:
+        args.modes = None
     args.run_scale = args.scale is not None or (
         not explicit and not args.databricks and not args.no_scale
     )
@@ -520,6 +538,25 @@ class Bench:
         if record.get("wall_s") is not None:
             record["target"] = f"< {SENSOR_TICK_TARGET_S:.0f} s to add all partitions"
             record["target_met"] = record["wall_s"] < SENSOR_TICK_TARGET_S
+        # (3) steady state: ticks with nothing changed, through the real daemon.
+        spec = self.spec(
+            "scale_sensor_steady_tick",
+            n,
+            configs,
+            data,
+            pack_size=STEADY_PACK_SIZE,
+            steady_ticks=self.args.steady_ticks,
+        )
+        spec["timeout_s"] = min(self.args.timeout, 1200)
+        record = self.measure(spec)
+        if record.get("wall_s") is not None:
+            record["target"] = (
+                f"tick <= {STEADY_TICK_TARGET_S:.0f} s, cursor < {CURSOR_TARGET_BYTES // 1000} KB"
+            )
+            record["target_met"] = (
+                record["wall_s"] <= STEADY_TICK_TARGET_S
+                and record.get("cursor_bytes", CURSOR_TARGET_BYTES) < CURSOR_TARGET_BYTES
+            )
 
     def databricks_section(self) -> None:
         from bench.databricks import MODES as DB_MODES
@@ -597,6 +634,17 @@ class Bench:
                     f"then queued runs created at {r.get('run_creation_per_s')}/s, so the whole tick takes "
                     f"{'~' if r.get('tick_total_estimated') else ''}{r.get('tick_total_s')} s; "
                     f"code server heartbeat timeouts during it: {r.get('code_server_heartbeat_timeouts')}"
+                )
+            if r["mode"] == "scale_sensor_steady_tick":
+                notes.append(
+                    f"sensor steady ticks over {r['objects']} configs (nothing changed): "
+                    f"{r.get('steady_tick_s')} s each through the daemon and a long-lived code "
+                    f"server (median {r.get('steady_tick_median_s')} s); the sensor function alone "
+                    f"{r.get('sensor_eval_steady_in_process_s')} s, its first tick in a fresh "
+                    f"process {r.get('cold_process_tick_s')} s; cursor {r.get('cursor_bytes')} "
+                    f"bytes; {r.get('state_entries')} per-object entries in the key-value store; "
+                    f"first tick (every object requested, {r.get('first_tick_runs')} runs) "
+                    f"{r.get('first_tick_s')} s"
                 )
             if r.get("contended"):
                 notes.append(

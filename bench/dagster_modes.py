@@ -69,7 +69,8 @@ def write_instance(home: Path, concurrency: int) -> Path:
     """dagster.yaml (the repo's, run limits set to `concurrency`) and workspace.yaml."""
     home.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    runs = config.setdefault("concurrency", {}).setdefault("runs", {})
+    # The run limits are the run coordinator's config (see dagster.yaml).
+    runs = config["run_coordinator"].setdefault("config", {})
     runs["max_concurrent_runs"] = concurrency
     limits = runs.setdefault("tag_concurrency_limits", [])
     for limit in limits:

@@ -14,6 +14,7 @@ MODE_ORDER = [
     "databricks_packed",
     "scale_definitions_load",
     "scale_sensor_first_tick",
+    "scale_sensor_steady_tick",
 ]
 
 MODE_BLURB = {

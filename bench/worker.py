@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
             from bench.databricks import run_databricks as run
         elif mode == "scale_sensor_first_tick":
             from bench.scale import run_sensor_tick as run
+        elif mode == "scale_sensor_steady_tick":
+            from bench.scale import run_sensor_steady as run
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         result = run(spec)

@@ -34,6 +34,11 @@ source: {format: csv, path: erp/employees/*.csv, options: {header: true}}
 target: {table: hr_people}
 """
 
+# GOOD as an item of a defaults file's `objects`.
+GOOD_ITEM = "".join(
+    ("  - " if i == 0 else "    ") + line + "\n" for i, line in enumerate(GOOD.strip().splitlines())
+)
+
 # (file name, file content, what the error must say besides the file name)
 BAD_CONFIGS = [
     ("malformed.yaml", "- code: hr\n  name: [unclosed\n", ["malformed YAML", "line"]),
@@ -77,6 +82,34 @@ BAD_CONFIGS = [
         "absolute.yaml",
         GOOD.replace("erp/employees/*.csv", "/etc/passwd"),
         ["source.path", "not absolute"],
+    ),
+    # Refresh and retries (the sensor acts on them: reported at the tick too).
+    ("bad_cron.yaml", GOOD + "schedule: '0 6 * *'\n", ["schedule", "not a valid cron"]),
+    ("cron_words.yaml", GOOD + "schedule: 'every day'\n", ["schedule", "not a valid cron"]),
+    ("cron_range.yaml", GOOD + "schedule: '61 6 * * *'\n", ["schedule", "not a valid cron"]),
+    ("retries_high.yaml", GOOD + "retries: 11\n", ["retries", "between 0 and 10, got 11"]),
+    ("retries_negative.yaml", GOOD + "retries: -1\n", ["retries", "between 0 and 10"]),
+    ("retries_text.yaml", GOOD + "retries: '2'\n", ["retries", "must be an integer"]),
+    (
+        "watch_table.yaml",
+        "code: hr\nname: people\nsource: {table: main.hr.people, watch: true}\n"
+        "target: {table: hr_people}\n",
+        ["source.watch", "watch needs a file source"],
+    ),
+    (
+        "watch_text.yaml",
+        GOOD.replace("options: {header: true}", "options: {header: true}, watch: 'yes'"),
+        ["source.watch", "must be true or false"],
+    ),
+    (
+        "defaults_retries.yaml",
+        "defaults: {retries: 12}\nobjects:\n" + GOOD_ITEM,
+        ["defaults.retries", "between 0 and 10, got 12"],
+    ),
+    (
+        "defaults_cron.yaml",
+        "defaults: {schedule: '* * *'}\nobjects:\n" + GOOD_ITEM,
+        ["defaults.schedule", "not a valid cron"],
     ),
 ]
 

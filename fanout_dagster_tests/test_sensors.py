@@ -13,6 +13,7 @@ from dagster._core.storage.tags import (
 )
 
 from fanout_dagster.ingest import ingest_object
+from fanout_dagster.object_state import ObjectStateStore
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.placement import record_clusters, recorded_clusters
@@ -42,15 +43,21 @@ class Tick:
 
     @property
     def skipped(self) -> bool:
-        return isinstance(self.result, SkipReason)
+        return isinstance(self.result, SkipReason) or not self.result.run_requests
+
+    @property
+    def skip_message(self) -> str:
+        reason = self.result if isinstance(self.result, SkipReason) else self.result.skip_reason
+        return (reason.skip_message or "") if reason else ""
 
     @property
     def run_requests(self):
-        return [] if self.skipped else list(self.result.run_requests)
+        return [] if isinstance(self.result, SkipReason) else list(self.result.run_requests)
 
     @property
     def cursor(self):
-        return None if self.skipped else self.result.cursor
+        # Every tick stores its cursor (the tick number commits its state writes).
+        return None if isinstance(self.result, SkipReason) else self.result.cursor
 
 
 def tick(instance, project, cursor=None, sensor=None) -> Tick:
@@ -102,7 +109,7 @@ def test_second_tick_with_the_cursor_has_nothing_new(instance, project):
     first = tick(instance, project)
     second = tick(instance, project, cursor=first.cursor)
     assert second.skipped
-    assert f"{len(project.keys)} object(s) up to date" in second.result.skip_message
+    assert f"{len(project.keys)} object(s) up to date" in second.skip_message
     assert sorted(partitions(instance)) == project.keys
 
 
@@ -178,7 +185,7 @@ def test_an_invalid_file_does_not_hold_back_the_valid_ones(instance, project):
     # Next tick: nothing to run, and the skip reason still names the bad file.
     second = tick(instance, project, cursor=first.cursor)
     assert second.skipped
-    assert "broken.yaml" in second.result.skip_message
+    assert "broken.yaml" in second.skip_message
     assert any("broken.yaml" in m for m in second.logs.messages(logging.ERROR))
 
 
@@ -201,8 +208,14 @@ def test_removing_a_config_runs_nothing_and_deletes_nothing(instance, project, s
 
     assert second.skipped
     assert "erp-stores" in partitions(instance)
+    # One summary line for the removed objects; their sensor state is pruned.
     warnings = second.logs.messages(logging.WARNING)
-    assert any(m.startswith("erp-stores: no valid config") for m in warnings), warnings
+    assert [m for m in warnings if "removed" in m] == [
+        "1 object(s) removed (no config any more): erp-stores; their sensor state is "
+        "pruned, their partitions and bronze tables are kept"
+    ], warnings
+    assert "erp-stores" not in ObjectStateStore(instance).read(partitions(instance), 99)
+    assert not tick(instance, project, cursor=second.cursor).logs.messages(logging.WARNING)
     assert table_state(spark, project.table("erp_stores")) == bronze_before
     assert tree_snapshot(project.data) == source_before
 

@@ -368,7 +368,9 @@ def test_submit_run_queues_the_run_with_its_placement_tags(placed, bronze_job, c
 def test_dagster_yaml_installs_the_coordinator_with_its_cluster_limits(project, spark_resource):
     """The run queue configured as in the repo's dagster.yaml."""
     settings = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    overrides = {key: settings[key] for key in ("run_coordinator", "concurrency")}
+    overrides = {
+        key: settings[key] for key in ("run_coordinator", "concurrency") if key in settings
+    }
     with instance_for_test(overrides=overrides) as configured:
         coordinator = configured.run_coordinator
         assert isinstance(coordinator, ClusterTaggingRunCoordinator)

@@ -35,7 +35,8 @@ def write_dagster_home(
 ) -> Path:
     """A DAGSTER_HOME whose dagster.yaml is the repo's, with optional tighter limits."""
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    runs = config["concurrency"]["runs"]
+    # The run limits are the run coordinator's (see dagster.yaml).
+    runs = config["run_coordinator"]["config"]
     if max_concurrent_runs is not None:
         runs["max_concurrent_runs"] = max_concurrent_runs
     if cluster_limits is not None:
@@ -49,7 +50,7 @@ def write_dagster_home(
 
 
 def configured_limits(home: Path) -> tuple[int, dict[str, int]]:
-    runs = yaml.safe_load((home / "dagster.yaml").read_text())["concurrency"]["runs"]
+    runs = yaml.safe_load((home / "dagster.yaml").read_text())["run_coordinator"]["config"]
     per_cluster = {entry["value"]: entry["limit"] for entry in runs["tag_concurrency_limits"]}
     return runs["max_concurrent_runs"], per_cluster
 

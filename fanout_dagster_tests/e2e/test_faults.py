@@ -1,10 +1,12 @@
 """Faults, each with its proof: real Spark, real Dagster processes, the real
 step launcher against the Databricks emulator. Nothing is mocked.
 
-1. The Dagster daemon is SIGKILLed in the middle of a UI backfill and restarted.
-2. The Databricks API answers 429 and 503 for a while.
-3. A remote run dies at the cluster level (its driver process group is killed).
-4. A Dagster run is terminated while its Databricks run is RUNNING.
+1. The Dagster daemon (alone, or its whole process group) is SIGKILLed in the
+   middle of a UI backfill and restarted.
+2. A run worker is SIGKILLed: its run is failed within two minutes and retried.
+3. The Databricks API answers 429 and 503 for a while.
+4. A remote run dies at the cluster level (its driver process group is killed).
+5. A Dagster run is terminated while its Databricks run is RUNNING.
 (An object's Spark write failing half way is in ../test_faults.py.)
 """
 
@@ -12,17 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterRunStatus
+import yaml
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.tags import OBJECTS_TAG
-from fanout_dagster_tests.e2e.dagster_processes import all_runs_finished, describe_runs, wait_for
+from fanout_dagster.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
+from fanout_dagster_tests.e2e.dagster_processes import (
+    all_runs_finished,
+    dagster_daemon,
+    describe_runs,
+    wait_for,
+    write_dagster_home,
+)
 from fanout_dagster_tests.e2e.test_databricks import databricks_deployment, uc_table
 from fanout_dagster_tests.helpers import (
     expected_source_files,
@@ -74,47 +86,32 @@ def kill_leftover_group(pgid: int) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-HOST_LOSS_REASON = (
-    "DEPLOYMENT GAP: when the daemon's whole process group dies (host/container loss: the daemon, "
-    "its code server and the run worker it launched, with its Spark JVM), the run that was in flight "
-    "stays STARTED forever. The repo's dagster.yaml enables no run_monitoring, and even with it the "
-    "DefaultRunLauncher cannot check a run worker's health (supports_check_run_worker_health is "
-    "False), so only max_runtime_seconds would ever fail it; no run_retries either. The dead run keeps "
-    "its queue slot (max_concurrent_runs / cluster limit), so the queued runs of the backfill never "
-    "start and the backfill never completes, until someone marks the run failed/canceled by hand."
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kill_scope",
-    [
-        "daemon_process",
-        pytest.param(
-            "process_group", marks=pytest.mark.xfail(strict=True, reason=HOST_LOSS_REASON)
-        ),
-    ],
-)
+@pytest.mark.parametrize("kill_scope", ["daemon_process", "process_group"])
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
     project, tmp_path, spark, kill_scope
 ):
     """A UI backfill of 3 objects, one run each, one run at a time. Once the
     first run has succeeded, the second is STARTED and the third QUEUED, the
     daemon is SIGKILLed and a new daemon is started; the backfill must complete
-    with every object loaded exactly once and no run left STARTED.
+    with every object loaded exactly once and no run left STARTED. The objects
+    declare `retries: 1`.
 
     kill_scope:
     - daemon_process: the daemon process alone (a daemon crash: OOM kill,
       kill -9). Its code server and the in-flight run worker are separate
-      processes (same process group, not killed) and keep going.
+      processes (same process group, not killed) and keep going: the run
+      completes, nothing is retried.
     - process_group: the daemon's whole process group (a host or container
       loss): daemon, code server, the in-flight run worker and its Spark JVM.
+      The new daemon's run monitoring finds the worker gone (the run launcher
+      checks its pid) and marks the run failed, freeing its queue slot; the
+      run retries daemon runs it again (the coordinator tagged the backfill's
+      runs with the objects' retries).
     """
-    from dagster import DagsterInstance
     from dagster._core.execution.backfill import BulkActionStatus
 
     from fanout_dagster.placement import record_clusters
-    from fanout_dagster_tests.e2e.dagster_processes import dagster_daemon, write_dagster_home
     from fanout_dagster_tests.e2e.test_packed_backfill import wait_backfill
     from fanout_dagster_tests.e2e.webserver import (
         backfill_status,
@@ -125,6 +122,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
     )
 
     keep_objects(project, BACKFILL_OBJECTS)
+    set_retries(project, 1)
     objects = load_objects(project.configs).by_key()
     keys = sorted(objects)
     home = write_dagster_home(
@@ -177,12 +175,12 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
             assert instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED
 
             with dagster_daemon(home, env, daemon_log):
-                # A run whose worker died must not stay STARTED: within a minute of
-                # the restart it has finished (its orphaned worker completed it) or
-                # been marked failed and retried.
+                # A run whose worker died must not stay STARTED: within two minutes
+                # of the restart it has finished (its orphaned worker completed it)
+                # or been marked failed (and is retried).
                 wait_for(
                     lambda: instance.get_run_by_id(in_flight).status != DagsterRunStatus.STARTED,
-                    60,
+                    120,
                     "the run in flight at the kill to leave STARTED",
                     interval=0.5,
                     on_timeout=lambda: (
@@ -210,6 +208,17 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         )
         assert status == BulkActionStatus.COMPLETED_SUCCESS, detail + logs()
         runs = instance.get_runs()
+        retried = []
+        if kill_scope == "process_group":
+            # The run whose worker died failed, naming it, and was retried once.
+            dead = instance.get_run_by_id(in_flight)
+            assert dead is not None and dead.status == DagsterRunStatus.FAILURE, detail
+            assert "is gone" in run_messages(instance, in_flight), run_messages(instance, in_flight)
+            assert dead.tags[RETRIES_TAG] == "1", dead.tags
+            retried = [run for run in runs if run.tags.get(PARENT_RUN_ID_TAG) == in_flight]
+            assert [run.tags.get(RETRY_NUMBER_TAG) for run in retried] == ["1"], detail
+            assert retried[0].tags[OBJECTS_TAG] == dead.tags[OBJECTS_TAG], detail
+            runs = [run for run in runs if run.run_id != in_flight]
         # One run per object, none left STARTED, none launched twice.
         assert len(runs) == len(keys), detail
         assert all(run.status == DagsterRunStatus.SUCCESS for run in runs), detail
@@ -232,8 +241,132 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         assert writers == set(per_partition[key]), (key, writers)
     print(
         f"\n{kill_scope}: killed with runs {sorted(s.value for s in at_kill.values())}; "
-        f"processes {processes}; survivors {survivors}"
+        f"processes {processes}; survivors {survivors}; retries {len(retried)}"
     )
+
+
+def run_status(instance, run_id: str) -> DagsterRunStatus | None:
+    run = instance.get_run_by_id(run_id)
+    return run.status if run else None
+
+
+def run_messages(instance, run_id: str) -> str:
+    """The messages of a run's engine and failure events (Dagster's own, not user logs)."""
+    events = instance.all_logs(
+        run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT}
+    )
+    return "\n".join(e.dagster_event.message or "" for e in events if e.dagster_event)
+
+
+def set_retries(project, retries: int) -> None:
+    """Give every object of the project's objects.yaml (keep_objects) `retries`."""
+    path = project.configs / "objects.yaml"
+    entries = yaml.safe_load(path.read_text())
+    for entry in entries:
+        entry["retries"] = retries
+    path.write_text(yaml.safe_dump(entries, sort_keys=False))
+
+
+# --------------------------------------------------------------------------- 2. run worker killed
+
+
+@pytest.mark.slow
+def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
+    project, tmp_path, spark
+):
+    """SIGKILL of the run worker alone (an OOM kill, say) while its run is
+    STARTED, the daemon alive. Within two minutes run monitoring marks the run
+    failed (the run launcher finds the worker's pid gone), freeing the only
+    queue slot; the object declares `retries: 1`, so the daemon's automatic
+    re-execution runs it again, and the object is loaded once, by the retry."""
+    key = "erp-stores"
+    keep_objects(project, [key])
+    set_retries(project, 1)
+    obj = load_objects(project.configs).by_key()[key]
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=1, cluster_limits={"default": 1}
+    )
+    log = tmp_path / "daemon.log"
+
+    def logs() -> str:
+        return "\n--- daemon.log (tail)\n" + log.read_text(errors="replace")[-4000:]
+
+    with (
+        DagsterInstance.from_config(str(home)) as instance,
+        dagster_daemon(home, project.env(), log),
+    ):
+        # The sensor's run, once its worker has reported its pid.
+        found: dict = {}
+
+        def worker_running() -> bool:
+            runs = instance.get_runs()
+            if len(runs) != 1 or runs[0].status != DagsterRunStatus.STARTED:
+                return False
+            for entry in instance.all_logs(runs[0].run_id, of_type=DagsterEventType.ENGINE_EVENT):
+                message = entry.dagster_event.message if entry.dagster_event else ""
+                match = re.match(r"Started process for run \(pid: (\d+)\)", message or "")
+                if match:
+                    found.update(run=runs[0], pid=int(match.group(1)))
+            return bool(found)
+
+        wait_for(
+            worker_running,
+            300,
+            "the sensor's run to start",
+            interval=0.2,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        run, pid = found["run"], found["pid"]
+        assert run.tags[RETRIES_TAG] == "1" and run.tags[RETRY_STRATEGY_TAG] == "ALL_STEPS"
+        assert alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        wait_for(
+            lambda: run_status(instance, run.run_id) == DagsterRunStatus.FAILURE,
+            120,
+            "run monitoring to fail the run whose worker was killed",
+            interval=0.5,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        detected = time.monotonic() - killed
+        # Who noticed: the code server that started the worker (it reports a
+        # child killed under it), or run monitoring (the run launcher finds the
+        # pid gone; the only way when the code server went down too, see
+        # test_a_daemon_killed_mid_backfill... with the process_group scope).
+        messages = run_messages(instance, run.run_id)
+        assert (
+            "was terminated by signal 9 (SIGKILL)" in messages
+            or f"run worker process {pid} is gone" in messages
+        ), messages
+
+        def retry_done():
+            retries = [
+                r for r in instance.get_runs() if r.tags.get(PARENT_RUN_ID_TAG) == run.run_id
+            ]
+            return retries if retries and retries[0].status in FINISHED_STATUSES else None
+
+        [retry] = wait_for(
+            retry_done,
+            300,
+            "the automatic retry to finish",
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        assert retry.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + logs()
+        assert retry.tags[RETRY_NUMBER_TAG] == "1"
+        assert retry.tags[OBJECTS_TAG] == key
+        assert len(instance.get_runs()) == 2, describe_runs(instance)
+        [mat] = instance.fetch_materializations(BRONZE, limit=10).records
+        assert mat.run_id == retry.run_id
+
+    table_df = spark.read.format("delta").load(str(project.process_table(obj.target.table)))
+    assert table_df.count() == spark_source_count(
+        spark, obj, expected_source_files(project.data, obj)
+    )
+    assert {r._dagster_run_id for r in table_df.select("_dagster_run_id").distinct().collect()} == {
+        retry.run_id
+    }
+    print(f"\nworker {pid} killed; run failed {detected:.1f} s later; retried by {retry.run_id}")
 
 
 # --------------------------------------------------------------------------- Databricks target helpers

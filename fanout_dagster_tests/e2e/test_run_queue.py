@@ -4,10 +4,13 @@ run coordinator and the runs; the limits are checked from run records."""
 from __future__ import annotations
 
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 from pyspark.sql import SparkSession
 
 from fanout_dagster.objects import load_objects
+from fanout_dagster.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     configured_limits,
@@ -18,6 +21,9 @@ from fanout_dagster_tests.e2e.dagster_processes import (
     wait_for,
     write_dagster_home,
 )
+from fanout_dagster_tests.helpers import keep_objects
+
+IN_PROGRESS_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +89,107 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
     )
     table = spark.read.format("delta").load(str(project.process_table(sample.target.table)))
     assert table.count() == source_rows
+
+
+# Four small objects of one cluster: the sensor packs them A-B and C-D; a UI
+# backfill of B and C packs them B-C, which overlaps both.
+OVERLAP_KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]
+
+
+def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(project, tmp_path):
+    """The queue, not the runs, keeps two runs of one object apart. The queue
+    is first closed (max_concurrent_runs 0) while the sensor's packs and a UI
+    backfill's pack are created, then opened for 3 runs, 3 on the cluster: the
+    global and cluster limits have room for all three, and only the per-object
+    limits can hold the backfill's pack until both sensor runs have ended."""
+    from fanout_dagster_tests.e2e.webserver import (
+        dagster_webserver,
+        launch_asset_backfill,
+        wait_until_loaded,
+    )
+
+    keep_objects(project, OVERLAP_KEYS)
+    home = write_dagster_home(
+        tmp_path / "dagster_home", max_concurrent_runs=0, cluster_limits={"default": 3}
+    )
+    env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "2", "FANOUT_THREADS_PER_RUN": "1"}
+    daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
+
+    def logs() -> str:
+        return "\n--- daemon.log (tail)\n" + daemon_log.read_text(errors="replace")[-3000:]
+
+    def runs_by_objects(instance) -> dict[str, RunRecord]:
+        return {
+            rec.dagster_run.tags.get(OBJECTS_TAG, "?"): rec for rec in instance.get_run_records()
+        }
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        # 1. Queue closed: the sensor's first tick queues its packs, the UI backfills B and C.
+        with dagster_webserver(home, env, web_log) as (web, gql):
+            wait_until_loaded(gql, web, timeout=180, log_path=web_log)
+            with dagster_daemon(home, env, daemon_log):
+                wait_for(
+                    lambda: len(instance.get_runs()) == 2,
+                    180,
+                    "the sensor's two packs",
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
+                backfill_id = launch_asset_backfill(
+                    gql, ["bronze"], partition_names=OVERLAP_KEYS[1:3]
+                )
+                wait_for(
+                    lambda: len(instance.get_runs()) == 3,
+                    180,
+                    "the backfill's pack",
+                    on_timeout=lambda: describe_runs(instance) + logs(),
+                )
+        queued = runs_by_objects(instance)
+        assert sorted(queued) == [
+            "erp-customers,erp-products",
+            "erp-products,erp-stores",
+            "erp-stores,erp-suppliers",
+        ], describe_runs(instance)
+        assert all(rec.dagster_run.status == DagsterRunStatus.QUEUED for rec in queued.values())
+        backfill_run = queued["erp-products,erp-stores"].dagster_run
+        assert backfill_run.tags[BACKFILL_ID_TAG] == backfill_id
+        assert SENSOR_NAME_TAG not in backfill_run.tags
+
+        # 2. The queue opens.
+        write_dagster_home(home, max_concurrent_runs=3, cluster_limits={"default": 3})
+        held_with_room: list[int] = []  # in-progress counts while the backfill's pack waited
+
+        def observe() -> None:
+            records = instance.get_run_records()
+            in_progress = [r for r in records if r.dagster_run.status in IN_PROGRESS_STATUSES]
+            backfill_status = next(
+                r.dagster_run.status for r in records if r.dagster_run.run_id == backfill_run.run_id
+            )
+            if in_progress and backfill_status == DagsterRunStatus.QUEUED:
+                held_with_room.append(len(in_progress))
+
+        with dagster_daemon(home, env, daemon_log):
+            wait_for(
+                lambda: all_runs_finished(instance, 3),
+                600,
+                "the three runs",
+                interval=0.5,
+                on_poll=observe,
+                on_timeout=lambda: describe_runs(instance) + logs(),
+            )
+
+        records = instance.get_run_records()
+        detail = describe_runs(instance)
+        assert not failed_runs(instance), detail + logs()
+        # The queue held the backfill's pack while it had room for it.
+        assert held_with_room and min(held_with_room) < 3, (held_with_room, detail)
+        # Runs that share an object never overlapped; the sensor's packs did run together.
+        spans = {
+            rec.dagster_run.tags[OBJECTS_TAG]: (rec.start_time or 0.0, rec.end_time or 0.0)
+            for rec in records
+        }
+        backfill_span = spans.pop("erp-products,erp-stores")
+        for objects, (_start, end) in spans.items():
+            assert end <= backfill_span[0], (objects, spans, backfill_span, detail)
+        sensor_records = [r for r in records if r.dagster_run.run_id != backfill_run.run_id]
+        assert max_overlap(sensor_records) == 2
+        assert instance.get_materialized_partitions(AssetKey("bronze")) == set(OVERLAP_KEYS)
