@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     mode = spec["mode"]
     try:
-        if mode == "floor":
+        if mode in ("floor", "warm_floor"):
             from bench.spark_modes import run_floor as run
         elif mode == "per_process":
             from bench.spark_modes import run_per_process as run
@@ -31,6 +31,10 @@ def main(argv: list[str]) -> int:
             from bench.dagster_modes import run_dagster as run
         elif mode.startswith("databricks_"):
             from bench.databricks import run_databricks as run
+        elif mode == "dev_loop":
+            from bench.dev_loop import run_dev_loop as run
+        elif mode == "server_memory":
+            from bench.server_memory import run_server_memory as run
         elif mode == "scale_sensor_first_tick":
             from bench.scale import run_sensor_tick as run
         else:
