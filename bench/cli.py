@@ -353,7 +353,7 @@ class Bench:
                 "FANOUT_TARGET": "local",
                 "FANOUT_CONFIGS_DIR": spec["configs"],
                 "FANOUT_DATA_ROOT": spec["data_root"],
-                "FANOUT_SPARK": spec.get("spark", "embedded"),
+                "FANOUT_SPARK": "connect" if spec.get("spark") == "connect" else "embedded",
                 "FANOUT_SPARK_WAREHOUSE": spec["spark_warehouse"],
                 "FANOUT_BRONZE_SCHEMA": spec.get("bronze_schema", "bronze"),
                 "FANOUT_OBJECTS_PER_RUN": str(spec["pack_size"]),
@@ -384,7 +384,11 @@ class Bench:
             "objects": n,
             "configs": str(configs),
             "data_root": str(data),
-            "spark": "connect" if uses_server else "embedded",
+            # connect: on the warm server; embedded: a Spark in the process; databricks: the
+            # emulated cluster's.
+            "spark": "connect"
+            if uses_server
+            else ("databricks" if mode.startswith("databricks_") else "embedded"),
             "uses_server": uses_server,
             "spark_connect_port": self.server.port if uses_server and self.server else None,
             # On the server, its warehouse (a schema of their own keeps measurements apart).
@@ -523,9 +527,16 @@ class Bench:
                 record["server_peak_rss_mb"] = _round(m.kept_peak_rss_mb, 0)
             else:  # up but unused: neither in its CPU nor in its memory, nor in the background
                 record["server_idle_cpu_s"] = _round(m.kept_cpu_s)
-        record.update(result.get("extras") or {})
+        extras = result.get("extras") or {}
+        record.update(extras)
+        unloaded = extras.get("failed_objects") or max(
+            0, (extras.get("objects_expected") or 0) - (extras.get("objects_materialized") or 0)
+        )
         if result.get("error") or m.returncode != 0:
             record["error"] = result.get("error") or f"worker exit {m.returncode}"
+        elif unloaded:  # a measurement of work not done is no measurement
+            record["error"] = f"{unloaded} object(s) not loaded; see the logs"
+        if record.get("error"):
             record["log"] = str(log)
         if m.killed:
             record["leftover_processes_killed"] = len(m.killed)
@@ -860,7 +871,7 @@ class Bench:
                     f"heap after GC {r.get('heap_after_gc_after_first_run_mb')} -> "
                     f"{r.get('heap_after_gc_end_mb')} MB"
                 )
-            if r["mode"] == "scale_sensor_first_tick":
+            if r["mode"] == "scale_sensor_first_tick" and not r.get("error"):
                 notes.append(
                     f"sensor first tick over {r['objects']} configs: reading the configs alone "
                     f"{r.get('config_load_s')} s, the sensor function alone {r.get('sensor_eval_in_process_s')} s "

@@ -92,11 +92,14 @@ def write_instance(home: Path, concurrency: int) -> Path:
         yaml.safe_dump(
             {
                 "load_from": [
+                    # As the repository's workspace.yaml: no working_directory (the venv
+                    # imports the package). With one, Dagster puts the repository first on
+                    # sys.path wherever it loads the code - also on a Databricks cluster,
+                    # where the step launcher's code bundle (with the configs) must win.
                     {
                         "python_module": {
                             "module_name": "fanout_dagster.definitions",
                             "location_name": LOCATION_NAME,
-                            "working_directory": str(REPO_ROOT),
                         }
                     }
                 ]

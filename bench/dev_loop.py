@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.dagster_modes import phases, run_events
+from bench.dagster_modes import PHASES, phases, run_events
 from bench.warm import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -262,14 +262,23 @@ def _run_summary(instance, record) -> dict:
     return {"run": record.dagster_run.run_id[:8], "phases": phases(marks)}
 
 
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+def _ordered_keys(rows: list[dict[str, float]]) -> list[str]:
+    """The phases in the order they happen."""
+    order = ["launch_to_created_s", *(name for name, _, _ in PHASES)]
     keys = {k for row in rows for k in row}
-    return {k: round(statistics.fmean(r[k] for r in rows if k in r), 3) for k in sorted(keys)}
+    return [k for k in order if k in keys] + sorted(keys - set(order))
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        k: round(statistics.fmean(r[k] for r in rows if k in r), 3) for k in _ordered_keys(rows)
+    }
 
 
 def _median(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for row in rows for k in row}
-    return {k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in sorted(keys)}
+    return {
+        k: round(statistics.median(r[k] for r in rows if k in r), 3) for k in _ordered_keys(rows)
+    }
 
 
 def _server_ready_s(dev_log: Path) -> float | None:

@@ -174,7 +174,7 @@ def target_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
             )
         )
         notes = [entry["note"]] if entry.get("note") else []
-        if r.get("contended"):
+        if r.get("contended") and entry.get("unit") in ("s", "x"):
             notes.append("CONTENDED: times inflated")
         rows.append([entry["name"], _measured(entry), entry["bar"], result, "; ".join(notes)])
     for prefix, (name, bar) in TARGETS_EXPECTED.items():
@@ -220,11 +220,12 @@ def console_table(records: list[dict]) -> str:
 
 
 def console_text(records: list[dict]) -> str:
-    """What the run prints at its end: the targets, then the modes table."""
+    """What the run prints at its end: the targets, then the modes table (if any)."""
     t_header, t_rows = target_rows(records)
-    return (
-        "Targets\n" + _text_table(t_header, t_rows, {0, 1, 2, 3}) + "\n\n" + console_table(records)
-    )
+    text = "Targets\n" + _text_table(t_header, t_rows, {0, 1, 2, 3})
+    if table_rows(records)[1]:
+        text += "\n\n" + console_table(records)
+    return text
 
 
 def _markdown(header: list[str], rows: list[list[str]], left: set[int]) -> str:
@@ -327,9 +328,20 @@ def write_summary(
         "",
         _markdown(t_header, t_rows, {0, 1, 2, 3}),
         "",
-        "## Modes",
-        "",
     ]
+    if table_rows(records)[1]:
+        lines += _modes_block(records)
+    lines += _dev_loop_block(records)
+    lines += _server_memory_block(records)
+    if notes:
+        lines += ["## Findings", ""] + [f"- {n}" for n in notes] + [""]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _modes_block(records: list[dict]) -> list[str]:
+    lines = ["## Modes", ""]
     for mode in MODE_ORDER:
         if mode in MODE_BLURB and any(r["mode"] == mode for r in records):
             lines.append(f"- `{mode}`: {MODE_BLURB[mode]}")
@@ -353,13 +365,7 @@ def write_summary(
         markdown_table(records),
         "",
     ]
-    lines += _dev_loop_block(records)
-    lines += _server_memory_block(records)
-    if notes:
-        lines += ["## Findings", ""] + [f"- {n}" for n in notes] + [""]
-    path = out_dir / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def write_timeline(timelines: dict[str, dict], n: int, path: Path) -> Path | None:
