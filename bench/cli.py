@@ -622,6 +622,7 @@ class Bench:
         record["cpu_total_s"] = round(self.server.cpu_s(), 1)
         record["rss_end_mb"] = round(self.server.rss_mb())
         record["heap_after_gc_end_mb"] = _round(self.server.heap_after_gc_mb(), 1)
+        record["spark_jobs"] = self.server.spark_jobs()
 
     def _main_modes(self) -> None:
         args = self.args
@@ -853,6 +854,13 @@ class Bench:
                     f"{r.get('rss_after_start_mb')} MB started, {r.get('rss_after_warmup_mb')} MB "
                     f"warmed up, {r.get('rss_end_mb')} MB after the main section; heap after GC "
                     f"{r.get('heap_after_gc_after_warmup_mb')} -> {r.get('heap_after_gc_end_mb')} MB"
+                    + (
+                        f"; Spark jobs per object {jobs['jobs_per_object']} ("
+                        f"{jobs['job_s_per_object']} s of jobs per object, median job "
+                        f"{jobs['median_job_s']} s; over the last {jobs['loads_seen']} loads)"
+                        if (jobs := r.get("spark_jobs") or {}).get("jobs_per_object")
+                        else ""
+                    )
                 )
             if r["mode"] == "dev_loop" and not r.get("error"):
                 notes.append(

@@ -250,12 +250,11 @@ def run_measured(
             try:
                 returncode = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    returncode = proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    returncode = proc.wait()
+                returncode = _stop_group(proc)
+            except BaseException:  # Ctrl-C: leave nothing of the measurement running
+                _stop_group(proc)
+                reap_all(timeout=15, keep=kept)
+                raise
         ended = time.time()
         killed = reap_all(timeout=60, keep=kept)
     finally:
@@ -279,6 +278,18 @@ def run_measured(
         kept_peak_rss_mb=sampler.kept_peak_mb,
         rss_samples=sampler.samples,
     )
+
+
+def _stop_group(proc: subprocess.Popen) -> int:
+    """SIGTERM to the command's process group, SIGKILL after 30 s; its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
 
 
 # -- the rest of the machine ---------------------------------------------------------------------

@@ -13,11 +13,15 @@ No measurement imports this module: workers reach the server by its port.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -116,3 +120,51 @@ class WarmServer:
     def heap_after_gc_mb(self) -> float | None:
         pid = jvm_pid(self.pid)
         return heap_after_gc_mb(pid) if pid else None
+
+    def spark_jobs(self) -> dict:
+        """The Spark jobs the server ran for the bronze loads (its UI's REST API: the last
+        `spark.ui.retainedJobs`, 1000): jobs per object load and their seconds, by the
+        `fanout-run-<id>` and `fanout-object-<key>` tags the loading loop puts on them."""
+        base = f"http://127.0.0.1:{self.config.ui_port}/api/v1/applications"
+        try:
+            with urllib.request.urlopen(base, timeout=10) as response:
+                app = json.load(response)[0]["id"]
+            with urllib.request.urlopen(f"{base}/{app}/jobs", timeout=60) as response:
+                jobs = json.load(response)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        per_object: dict[str, list[float]] = {}
+        durations = []
+        for job in jobs:
+            seconds = _job_seconds(job)
+            if seconds is not None:
+                durations.append(seconds)
+            # One load = one object in one run (the same keys recur across measurements).
+            tags = job.get("jobTags") or []
+            runs = {t.split("fanout-run-", 1)[1] for t in tags if "fanout-run-" in t}
+            objects = {t.split("fanout-object-", 1)[1] for t in tags if "fanout-object-" in t}
+            for load in {(r, o) for r in runs for o in objects}:
+                per_object.setdefault(f"{load[0]}/{load[1]}", []).append(seconds or 0.0)
+        if not per_object:
+            return {"jobs_seen": len(jobs)}
+        return {
+            "jobs_seen": len(jobs),
+            "loads_seen": len(per_object),
+            "jobs_per_object": round(statistics.fmean(len(v) for v in per_object.values()), 2),
+            "job_s_per_object": round(statistics.fmean(sum(v) for v in per_object.values()), 3),
+            "median_job_s": round(statistics.median(durations), 3) if durations else None,
+        }
+
+
+def _job_seconds(job: dict) -> float | None:
+    """A job's duration from its UI times ("2026-11-29T15:23:10.123GMT")."""
+
+    def parse(text: str | None) -> float | None:
+        if not text:
+            return None
+        return dt.datetime.strptime(
+            text.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z"
+        ).timestamp()
+
+    start, end = parse(job.get("submissionTime")), parse(job.get("completionTime"))
+    return None if start is None or end is None else end - start

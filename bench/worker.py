@@ -9,12 +9,16 @@ spec's `out` file.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    # Stopped at the timeout (SIGTERM to the process group): finally blocks still run, so
+    # what the mode started (a daemon, `make dev`, a Spark server) is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if argv and argv[0] == "--single":
         from bench.spark_modes import run_single
 
