@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -848,20 +849,30 @@ class Bench:
                     f"launch, objects {r.get('objects_s')} s"
                 )
             if r["mode"] == "warm_server":
-                notes.append(
-                    f"warm server: up in {r.get('startup_s')} s (outside every measurement), "
-                    f"warm-up of {r['objects']} objects {r.get('warmup_wall_s')} s; RSS "
-                    f"{r.get('rss_after_start_mb')} MB started, {r.get('rss_after_warmup_mb')} MB "
-                    f"warmed up, {r.get('rss_end_mb')} MB after the main section; heap after GC "
-                    f"{r.get('heap_after_gc_after_warmup_mb')} -> {r.get('heap_after_gc_end_mb')} MB"
+                jobs = r.get("spark_jobs") or {}
+                parts = [
+                    f"warm server: up in {r.get('startup_s')} s (outside every measurement)",
+                    f"warm-up of {r['objects']} objects {r.get('warmup_wall_s')} s"
+                    if r.get("warmup_wall_s") is not None
+                    else "no warm-up",
+                    f"RSS {r.get('rss_after_start_mb')} MB started, {r.get('rss_after_warmup_mb')} "
+                    "MB warmed up"
                     + (
-                        f"; Spark jobs per object {jobs['jobs_per_object']} ("
-                        f"{jobs['job_s_per_object']} s of jobs per object, median job "
-                        f"{jobs['median_job_s']} s; over the last {jobs['loads_seen']} loads)"
-                        if (jobs := r.get("spark_jobs") or {}).get("jobs_per_object")
+                        f", {r['rss_end_mb']} MB after the main section"
+                        if r.get("rss_end_mb") is not None
                         else ""
-                    )
-                )
+                    ),
+                    f"heap after GC {r.get('heap_after_gc_after_warmup_mb')} -> "
+                    f"{r.get('heap_after_gc_end_mb')} MB"
+                    if r.get("heap_after_gc_end_mb") is not None
+                    else "",
+                    f"Spark jobs per object load {jobs['jobs_per_object']} ({jobs['job_s_per_object']}"
+                    f" s of jobs per load, median job {jobs['median_job_s']} s; over the last "
+                    f"{jobs['loads_seen']} loads)"
+                    if jobs.get("jobs_per_object")
+                    else "",
+                ]
+                notes.append("; ".join(p for p in parts if p))
             if r["mode"] == "dev_loop" and not r.get("error"):
                 notes.append(
                     f"make dev: UI up {r.get('make_dev_to_ui_s')} s after the command (Spark Connect "
@@ -1022,8 +1033,16 @@ def _linear(xs, ys, x):
     return my + slope * (x - mx)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Ctrl-C, and a plain `kill` (or SIGINT where a background shell ignored it): stop the
+    # measurement, its processes and the warm server, then write what was measured.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not proc.become_subreaper():
         print(
             "warning: cannot become a child subreaper; CPU of orphaned processes (JVMs) may be missed",
