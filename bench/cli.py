@@ -1076,16 +1076,29 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, workdir, logs, machine)
     t_start = time.time()
     try:
-        if args.run_main:
-            bench.main_section()
-        if args.run_dev_loop:
-            bench.dev_loop_section()
-        if args.run_server_memory:
-            bench.server_memory_section()
-        if args.run_scale:
-            bench.scale_section()
-        if args.databricks:
-            bench.databricks_section()
+        for name, run in (
+            ("main", bench.main_section),
+            ("dev_loop", bench.dev_loop_section),
+            ("server_memory", bench.server_memory_section),
+            ("scale", bench.scale_section),
+            ("databricks", bench.databricks_section),
+        ):
+            if name not in sections:
+                continue
+            try:
+                run()
+            except Exception as exc:  # one broken section does not lose the others
+                print(f"\nsection {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                bench.records.append(
+                    {
+                        "section": name,
+                        "mode": name,
+                        "objects": None,
+                        "wall_s": None,
+                        "cpu_s": None,
+                        "error": f"section failed: {type(exc).__name__}: {exc}",
+                    }
+                )
     except KeyboardInterrupt:
         print("\ninterrupted: writing what was measured so far", file=sys.stderr)
     finally:

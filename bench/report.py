@@ -187,15 +187,27 @@ def target_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def _why_not(prefix: str, records: list[dict]) -> str:
-    section = {
-        "launch -> materialized": "dev_loop",
-        "all sample objects materialized": "dev_loop",
-        "server memory after": "server_memory",
-    }.get(prefix, "main")
-    failed = [r for r in records if r.get("section") == section and r.get("error")]
+    section, mode = {
+        "launch -> materialized": ("dev_loop", "dev_loop"),
+        "all sample objects materialized": ("dev_loop", "dev_loop"),
+        "server memory after": ("server_memory", "server_memory"),
+        "per_run at N=60 vs floor": ("main", "per_run"),
+        "packed at N=60 vs floor": ("main", "packed"),
+        "per_run at N=60: peak RSS": ("main", "per_run"),
+    }[prefix]
+    failed = [
+        r
+        for r in records
+        if r.get("error")
+        and r.get("section") == section
+        and (r["mode"] == section or (r["mode"] == mode and r.get("objects") == 60))
+    ]
     if failed:
         return "ERROR: " + failed[0]["error"][:100]
-    return f"section {section} not run" if section != "main" else "not in this run's modes / N"
+    if section == "main":
+        return "not in this run's modes / N"
+    ran = any(r.get("section") == section for r in records)
+    return "no figure (see its record)" if ran else f"section {section} not run"
 
 
 def _text_table(header: list[str], rows: list[list[str]], left: set[int]) -> str:
