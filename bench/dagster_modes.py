@@ -1,7 +1,9 @@
 """The product modes: `per_run` (one Dagster run per object) and `packed` (K per run).
 
 What happens, in a fresh process with DAGSTER_HOME and FANOUT_* set by the
-orchestrator:
+orchestrator (with `--spark connect`, the default: FANOUT_SPARK=connect and the
+warm server's port, so every run opens a session on the warm Spark Connect
+server; FANOUT_BRONZE_SCHEMA=bench_<mode>_n<N>, tables of its own):
 
 1. A temporary instance: the repo's dagster.yaml (the project's run
    coordinator, its tag limits) with the run limits set to the benchmark's
@@ -22,6 +24,10 @@ when a backfill is picked up depends on when it was submitted. The backfill is
 submitted half a loop (15 s) before the backfill daemon's next iteration, read
 from the daemon's debug log: the mean wait of a backfill submitted at a random
 moment. `pickup_s` (submit -> first run created) reports what it was.
+
+Where a run's time goes: `mean_run_phases_s` (and `phases` per run), from the
+run's own events - queued, run worker launch, step start, resources (the Spark
+session), the objects, the end.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -86,11 +93,14 @@ def write_instance(home: Path, concurrency: int) -> Path:
         yaml.safe_dump(
             {
                 "load_from": [
+                    # As the repository's workspace.yaml: no working_directory (the venv
+                    # imports the package). With one, Dagster puts the repository first on
+                    # sys.path wherever it loads the code - also on a Databricks cluster,
+                    # where the step launcher's code bundle (with the configs) must win.
                     {
                         "python_module": {
                             "module_name": "fanout_dagster.definitions",
                             "location_name": LOCATION_NAME,
-                            "working_directory": str(REPO_ROOT),
                         }
                     }
                 ]
@@ -116,7 +126,7 @@ def register_objects(instance, configs_dir: str) -> list[str]:
 def _gql(context, query: str, variables: dict) -> dict:
     from dagster_graphql.test.utils import execute_dagster_graphql
 
-    return execute_dagster_graphql(context, query, variables).data
+    return dict(execute_dagster_graphql(context, query, variables).data)
 
 
 def stop_sensor(request_context) -> str:
@@ -316,24 +326,99 @@ def _wait_backfill(instance, backfill_id: str, timeout: float) -> tuple[float | 
     return None, status.value if status else "unknown"
 
 
+PHASES = (
+    ("queue_s", "created", "starting"),  # in the run queue (limits, the 1 s dequeue loop)
+    ("launch_s", "starting", "started"),  # run worker process: Python, imports, code load
+    ("to_step_s", "started", "step_start"),  # execution plan, the step's start
+    ("step_to_objects_s", "step_start", "first_object"),  # resources: the Spark session
+    ("objects_s", "first_object", "last_object"),  # the loads themselves
+    ("after_objects_s", "last_object", "ended"),  # events, step and run end, session release
+)
+
+
+def run_events(instance, run_id: str) -> tuple[dict[str, float], list[dict]]:
+    """A run's milestones (event times) and its objects (start/end from their metadata)."""
+    from dagster import DagsterEventType
+
+    marks: dict[str, float] = {}
+    objects: list[dict] = []
+    names = {
+        # The queued run coordinator's daemon logs RUN_STARTING as it launches a run from
+        # the queue (this Dagster logs no RUN_DEQUEUED).
+        DagsterEventType.RUN_STARTING: "starting",
+        DagsterEventType.RUN_START: "started",
+        DagsterEventType.STEP_START: "step_start",
+    }
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        name = names.get(event.event_type)
+        if name and name not in marks:
+            marks[name] = entry.timestamp
+        if event.event_type in (
+            DagsterEventType.ASSET_MATERIALIZATION,
+            DagsterEventType.ASSET_OBSERVATION,
+        ):
+            ok = event.event_type == DagsterEventType.ASSET_MATERIALIZATION
+            data = entry.asset_materialization if ok else entry.asset_observation
+            if data is None:
+                continue
+            metadata = data.metadata
+            if "duration_s" not in metadata:
+                continue
+            end = metadata["finished_at"].value if "finished_at" in metadata else entry.timestamp
+            start = (
+                metadata["started_at"].value
+                if "started_at" in metadata
+                else end - metadata["duration_s"].value
+            )
+            objects.append(
+                {
+                    "object": data.partition,
+                    "start": start,
+                    "end": end,
+                    "ok": ok,
+                    "event": entry.timestamp,
+                }
+            )
+    if objects:
+        marks["first_object"] = min(o["start"] for o in objects)
+        marks["last_object"] = max(o["end"] for o in objects)
+    return marks, objects
+
+
+def phases(marks: dict[str, float]) -> dict[str, float]:
+    """Seconds between a run's milestones (PHASES), where both ends are known."""
+    return {
+        name: round(marks[b] - marks[a], 3)
+        for name, a, b in PHASES
+        if marks.get(a) is not None and marks.get(b) is not None
+    }
+
+
 def _result(
     instance, spec, keys, runs, *, backfill_id, backfill_status, times, sensor_status
 ) -> dict:
-    from dagster import DagsterEventType
-
     from fanout_dagster.tags import OBJECTS_TAG
 
     records = {
         r.dagster_run.run_id: r for r in instance.get_run_records(filters=_run_filter(backfill_id))
     }
-    run_rows, timeline = [], []
+    run_rows: list[dict] = []
+    timeline: list[dict] = []
+    run_phases: list[dict[str, float]] = []
     for run in sorted(runs, key=lambda r: records[r.run_id].create_timestamp.timestamp()):
         record = records[run.run_id]
         created = record.create_timestamp.timestamp()
+        marks, objects = run_events(instance, run.run_id)
+        marks.update({"created": created, "ended": record.end_time})
+        run_phases.append(phases(marks))
         run_rows.append(
             {
                 "run": run.run_id[:8],
                 "created": created,
+                "starting": marks.get("starting"),  # launched from the queue
                 "start": record.start_time,
                 "end": record.end_time,
                 "ok": run.status.value == "SUCCESS",
@@ -341,39 +426,24 @@ def _result(
                 "objects": len(run.tags.get(OBJECTS_TAG, "").split(","))
                 if run.tags.get(OBJECTS_TAG)
                 else None,
+                "phases": run_phases[-1],
             }
         )
-        for event in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
-            mat = event.asset_materialization
-            duration = mat.metadata["duration_s"].value
-            timeline.append(
-                {
-                    "object": mat.partition,
-                    "run": run.run_id[:8],
-                    "start": event.timestamp - duration,
-                    "end": event.timestamp,
-                    "ok": True,
-                }
-            )
-        for event in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION):
-            obs = event.asset_observation
-            if "duration_s" in obs.metadata:
-                duration = obs.metadata["duration_s"].value
-                timeline.append(
-                    {
-                        "object": obs.partition,
-                        "run": run.run_id[:8],
-                        "start": event.timestamp - duration,
-                        "end": event.timestamp,
-                        "ok": False,
-                    }
-                )
+        timeline.extend(
+            {k: o[k] for k in ("object", "start", "end", "ok")} | {"run": run.run_id[:8]}
+            for o in objects
+        )
     t_submit, t_launch = times["t_submit"], times["t_launch"]
     last_end = max(r["end"] for r in run_rows if r["end"])
     first_created = min(r["created"] for r in run_rows)
     materialized = {t["object"] for t in timeline if t["ok"]}
     run_durations = [r["end"] - r["start"] for r in run_rows if r["start"] and r["end"]]
     queue_waits = [r["start"] - r["created"] for r in run_rows if r["start"]]
+    mean_phases = {
+        name: round(statistics.fmean(values), 3)
+        for name, _, _ in PHASES
+        if (values := [p[name] for p in run_phases if name in p])
+    }
     return {
         "t0": t_submit,
         "wall_s": last_end - t_submit,
@@ -401,6 +471,7 @@ def _result(
             "mean_queue_wait_s": round(sum(queue_waits) / len(queue_waits), 3)
             if queue_waits
             else None,
+            "mean_run_phases_s": mean_phases,
             "objects_per_run": spec["pack_size"],
             "threads_per_run": spec["threads"],
             "sensor_status_before_daemon": sensor_status,

@@ -4,8 +4,10 @@ project's local Databricks workspace emulator.
 Same flow as bench.dagster_modes (real daemon, one UI-style backfill over the N
 partitions), with FANOUT_TARGET=databricks: every Dagster run submits its step
 through the dagster-databricks step launcher over HTTP to the emulator, which
-runs it as a local PySpark process. The emulator runs in this (measured)
-worker process, so its task processes are part of the measured CPU.
+runs it as a local PySpark process writing the bronze Delta tables
+`main.bronze.<table>` (Unity Catalog names, as on a workspace). The emulator
+runs in this (measured) worker process, so its task processes are part of the
+measured CPU and memory.
 
 Reported per mode, from `emu.stats()`: remote runs submitted, API calls per
 object (all endpoints; the breakdown is kept), and the simulated cluster-start
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 
 MODES = ("databricks_per_run", "databricks_packed")
+UC_SCHEMA = "main.bronze"  # the emulator's Unity Catalog: catalog `main` exists by default
 
 
 def unavailable_reason() -> str | None:
@@ -46,7 +49,7 @@ def run_databricks(spec: dict) -> dict:
         os.environ.update(
             {
                 "FANOUT_TARGET": "databricks",
-                "FANOUT_BRONZE_FORMAT": "parquet",  # the emulator has no Delta jars
+                "FANOUT_BRONZE_SCHEMA": UC_SCHEMA,
                 "DATABRICKS_HOST": emu.host,
                 "DATABRICKS_TOKEN": emu.token,
             }
@@ -70,6 +73,7 @@ def run_databricks(spec: dict) -> dict:
             "max_concurrent_remote_runs": stats.get("max_concurrent_running"),
             "remote_results": stats.get("runs_by_result_state"),
             "poll_interval_s": os.environ.get("FANOUT_DATABRICKS_POLL_S", "5 (product default)"),
+            "bronze_schema": UC_SCHEMA,
         }
     )
     return result

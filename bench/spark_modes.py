@@ -1,9 +1,18 @@
-"""The bare-Spark modes: `floor` (one SparkSession, a thread pool over all objects)
-and `per_process` (one fresh Python + Spark process per object, C at a time).
+"""The bare-Spark modes: `floor` and `warm_floor` (one session, a thread pool over
+all objects) and `per_process` (one fresh Python + Spark process per object, C
+at a time).
 
-Neither imports Dagster: they call the product's plain-Spark code
-(`fanout_dagster.ingest.ingest_object`, `fanout_dagster.packing.run_pack`,
-the bronze Delta writer) on the product's own `LocalSparkResource` session.
+None imports Dagster: they run the product's own loading loop
+(`fanout_dagster.loading.load_pack`: `run_pack` threads over `ingest_object`,
+Spark job tags per run and object) with the product's bronze Delta writer
+(`BronzeTables`, schema `FANOUT_BRONZE_SCHEMA` of the measurement), on the
+product's own sessions:
+
+- `floor`, `per_process`: `LocalSparkResource` - an embedded Spark started for
+  the purpose (JVM start included in the wall time);
+- `warm_floor`: `SparkConnectResource` - a session of its own on the warm
+  Spark Connect server the orchestrator keeps up (bench/warm.py): the work
+  itself on a warm cluster.
 """
 
 from __future__ import annotations
@@ -16,49 +25,56 @@ import uuid
 from pathlib import Path
 
 
-def new_session(master: str, warehouse_dir: str, app_name: str):
-    """A session configured exactly as the product's embedded one (Delta, warehouse)."""
+def new_session(spec: dict, app_name: str):
+    """The mode's session, configured exactly as the product's (Delta, warehouse)."""
+    if spec["mode"] == "warm_floor":
+        from fanout_dagster.resources.spark import SparkConnectResource
+
+        return SparkConnectResource(port=spec["spark_connect_port"]).get_session()
     from fanout_dagster.resources.spark import LocalSparkResource
 
     return LocalSparkResource(
-        master=master, warehouse_dir=warehouse_dir, app_name=app_name
+        master=spec["spark_master"], warehouse_dir=spec["spark_warehouse"], app_name=app_name
     ).get_session()
 
 
 def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
     """Load the objects (all, or `keys`) on one new session; per-object start/finish."""
-    from fanout_dagster.ingest import ingest_object
+    from fanout_dagster.loading import load_pack
     from fanout_dagster.objects import load_objects
-    from fanout_dagster.packing import run_pack
     from fanout_dagster.resources.bronze_tables import BronzeTables
 
     objects = load_objects(spec["configs"]).objects
     if keys is not None:
         wanted = set(keys)
         objects = tuple(o for o in objects if o.key in wanted)
+    limit = spec.get("objects_limit") or len(objects)
+    objects = objects[:limit]
     t_session = time.time()
-    spark = new_session(spec["spark_master"], spec["spark_warehouse"], app_name)
+    spark = new_session(spec, app_name)
     t_ready = time.time()
-    writer = BronzeTables().writer(spark)
-    run_id = str(uuid.uuid4())
-
-    def load(obj):
-        return ingest_object(spark, obj, data_root=spec["data_root"], writer=writer, run_id=run_id)
-
+    writer = BronzeTables(schema_name=spec["bronze_schema"]).writer(spark)
     objects_out = []
-    for outcome in run_pack(list(objects), load, spec["threads"]):
+    for report in load_pack(
+        spark,
+        list(objects),
+        data_root=spec["data_root"],
+        writer=writer,
+        run_id=str(uuid.uuid4()),
+        threads=spec["threads"],
+    ):
         objects_out.append(
             {
-                "object": outcome.item.key,
-                "start": outcome.started,
-                "end": outcome.finished,
-                "ok": outcome.ok,
-                "rows": outcome.result.rows if outcome.ok else None,
-                "error": None if outcome.ok else f"{type(outcome.error).__name__}: {outcome.error}",
+                "object": report.key,
+                "start": report.started,
+                "end": report.finished,
+                "ok": report.ok,
+                "rows": report.result.rows if report.result is not None else None,
+                "error": report.error,
             }
         )
     t_done = time.time()
-    spark.stop()
+    spark.stop()  # a Connect session: released on the server
     return {
         "session_start": t_session,
         "session_ready": t_ready,
@@ -69,9 +85,12 @@ def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
 
 
 def run_floor(spec: dict) -> dict:
-    """One SparkSession in this (fresh) process, all N objects through run_pack."""
+    """One session in this (fresh) process, all N objects through the loading loop.
+
+    `floor`: an embedded Spark started here; `warm_floor`: a Connect session on the warm server.
+    """
     t0 = spec["t_launch"]  # the orchestrator's clock just before it started this process
-    out = _ingest(spec, None, "bench-floor")
+    out = _ingest(spec, None, f"bench-{spec['mode']}")
     end = max(o["end"] for o in out["objects"])
     return {
         "t0": t0,
@@ -80,6 +99,7 @@ def run_floor(spec: dict) -> dict:
         "timeline": [{**o, "run": "session"} for o in out["objects"]],
         "extras": {
             "session_start_s": round(out["session_ready"] - t0, 3),
+            "objects_s": round(end - min(o["start"] for o in out["objects"]), 3),
             "failed_objects": sum(not o["ok"] for o in out["objects"]),
         },
     }
@@ -133,7 +153,8 @@ def run_per_process(spec: dict) -> dict:
             )
     log.close()
     end = max(f["exited"] for f in finished)
-    timeline, runs = [], []
+    timeline: list[dict] = []
+    runs: list[dict] = []
     for i, f in enumerate(sorted(finished, key=lambda f: f["launched"])):
         run = f"proc-{i:04d}"
         runs.append({"run": run, "start": f["launched"], "end": f["exited"], "ok": f["rc"] == 0})

@@ -9,12 +9,16 @@ spec's `out` file.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    # Stopped at the timeout (SIGTERM to the process group): finally blocks still run, so
+    # what the mode started (a daemon, `make dev`, a Spark server) is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if argv and argv[0] == "--single":
         from bench.spark_modes import run_single
 
@@ -23,7 +27,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     mode = spec["mode"]
     try:
-        if mode == "floor":
+        if mode in ("floor", "warm_floor"):
             from bench.spark_modes import run_floor as run
         elif mode == "per_process":
             from bench.spark_modes import run_per_process as run
@@ -31,6 +35,10 @@ def main(argv: list[str]) -> int:
             from bench.dagster_modes import run_dagster as run
         elif mode.startswith("databricks_"):
             from bench.databricks import run_databricks as run
+        elif mode == "dev_loop":
+            from bench.dev_loop import run_dev_loop as run
+        elif mode == "server_memory":
+            from bench.server_memory import run_server_memory as run
         elif mode == "scale_sensor_first_tick":
             from bench.scale import run_sensor_tick as run
         elif mode == "scale_sensor_steady_tick":
