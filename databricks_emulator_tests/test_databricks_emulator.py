@@ -97,6 +97,7 @@ def wait_terminal(
     deadline = time.monotonic() + timeout
     while True:
         run = ws.jobs.get_run(run_id)
+        assert run.state is not None and run.state.life_cycle_state is not None
         state = run.state.life_cycle_state.value
         if not seen or seen[-1] != state:
             seen.append(state)
@@ -107,6 +108,7 @@ def wait_terminal(
 
 
 def task_output(ws: WorkspaceClient, run: jobs.Run) -> jobs.RunOutput:
+    assert run.tasks and run.tasks[0].run_id is not None
     return ws.jobs.get_run_output(run.tasks[0].run_id)
 
 
@@ -159,6 +161,7 @@ def test_dbfs_put_read_status_delete(emu: DatabricksEmulator, ws: WorkspaceClien
     assert (emu.dbfs_root / "data" / "hello.txt").read_bytes() == b"hello dbfs"
 
     read = ws.dbfs.read("/data/hello.txt", offset=6, length=100)
+    assert read.data is not None
     assert (read.bytes_read, base64.b64decode(read.data)) == (4, b"dbfs")
     past_end = ws.dbfs.read("/data/hello.txt", offset=10, length=100)
     assert (past_end.bytes_read, past_end.data) == (0, "")
@@ -200,6 +203,7 @@ def test_dbfs_block_limits_and_the_launchers_client(
     assert client.read_file("dbfs:///staging/empty.bin") == b""
 
     handle = ws.dbfs.create("/staging/too-big.bin", overwrite=True).handle
+    assert handle is not None
     with pytest.raises(DatabricksError) as block:
         ws.dbfs.add_block(handle, base64.b64encode(b"x" * (1024 * 1024 + 1)).decode())
     assert block.value.error_code == "MAX_BLOCK_SIZE_EXCEEDED"
@@ -249,7 +253,10 @@ def test_spark_python_task_runs_with_spark_sc_dbutils(
     ws.dbfs.put(
         "/wheels/x.whl", contents=base64.b64encode(wheel.getvalue()).decode(), overwrite=True
     )
-    libraries = [{"pypi": {"package": "requests==2.32.3"}}, {"whl": "dbfs:/wheels/x.whl"}]
+    libraries: list[dict[str, Any]] = [
+        {"pypi": {"package": "requests==2.32.3"}},
+        {"whl": "dbfs:/wheels/x.whl"},
+    ]
     new_cluster = {
         "spark_version": "15.4.x-scala2.12",
         "node_type_id": "i3.xlarge",
@@ -267,27 +274,35 @@ def test_spark_python_task_runs_with_spark_sc_dbutils(
 
     run, seen = wait_terminal(ws, run_id)
     output = task_output(ws, run)
+    assert run.state is not None
     assert run.state.result_state == jobs.RunResultState.SUCCESS, output.error_trace
     assert emu.run_state_history(run_id) == ["PENDING", "RUNNING", "TERMINATED"]
     assert seen[-1] == "TERMINATED" and set(seen) <= {"PENDING", "RUNNING", "TERMINATED"}
 
     logs = output.logs
+    assert logs is not None
     assert "argv: ['" in logs and "param file: parameter file" in logs
     assert "env: /bronze conf: from-cluster-conf" in logs
     assert "range: 100 sc sum: 6" in logs and "read back: 5" in logs
     assert "ls: ['hello.txt'] head: written by dbutils" in logs
     assert "secret ok: True from-rest" in logs and "DBUtils(spark) is dbutils: True" in logs
     # What Spark wrote under dbfs:/ is visible through the DBFS API.
-    assert any(f.path.endswith(".parquet") for f in ws.dbfs.list("/bronze/numbers"))
+    assert any((f.path or "").endswith(".parquet") for f in ws.dbfs.list("/bronze/numbers"))
 
+    assert run.tasks
     task = run.tasks[0]
+    assert task.state is not None and task.cluster_instance is not None
     assert task.state.result_state == jobs.RunResultState.SUCCESS
-    assert task.cluster_instance.cluster_id and run.run_page_url.startswith(emu.host)
+    cluster_id = task.cluster_instance.cluster_id
+    assert cluster_id and run.run_page_url and run.run_page_url.startswith(emu.host)
+    assert run.start_time is not None and run.end_time is not None
+    assert task.start_time is not None and task.end_time is not None
     assert run.start_time <= task.start_time <= task.end_time <= run.end_time
-    assert [lib.as_dict() for lib in task.libraries] == libraries
+    assert [lib.as_dict() for lib in task.libraries or []] == libraries
     assert emu.stats()["libraries_by_run"][str(run_id)] == libraries
     # A new_cluster is a job cluster: gone after the run.
-    assert ws.clusters.get(task.cluster_instance.cluster_id).state.value == "TERMINATED"
+    cluster_state = ws.clusters.get(cluster_id).state
+    assert cluster_state is not None and cluster_state.value == "TERMINATED"
     # As on Databricks, output belongs to task runs, not to a multi-task run.
     with pytest.raises(DatabricksError, match="multiple tasks"):
         ws.jobs.get_run_output(run_id)
@@ -296,11 +311,13 @@ def test_spark_python_task_runs_with_spark_sc_dbutils(
 def test_failing_task_reports_the_exception(ws: WorkspaceClient) -> None:
     run_id = submit(ws, "print('before the error')\nraise ValueError('boom 42')\n")
     run, _ = wait_terminal(ws, run_id)
+    assert run.state is not None and run.state.state_message is not None
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
     assert run.state.result_state == jobs.RunResultState.FAILED
     assert "ValueError: boom 42" in run.state.state_message  # what the step launcher raises with
     output = task_output(ws, run)
     assert output.error == "ValueError: boom 42"
+    assert output.error_trace is not None and output.logs is not None
     assert "Traceback" in output.error_trace and "raise ValueError('boom 42')" in output.error_trace
     assert "before the error" in output.logs
 
@@ -314,7 +331,7 @@ def test_multi_task_run_dependencies_and_cluster_log_delivery(ws: WorkspaceClien
         "num_workers": 0,
         "cluster_log_conf": {"dbfs": {"destination": "dbfs:/cluster-logs"}},
     }
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {
             "task_key": "first",
             "existing_cluster_id": "c",
@@ -336,16 +353,24 @@ def test_multi_task_run_dependencies_and_cluster_log_delivery(ws: WorkspaceClien
         run_name="multi", tasks=[jobs.SubmitTask.from_dict(t) for t in tasks]
     ).bind()["run_id"]
     run, _ = wait_terminal(ws, run_id)
-    results = {t.task_key: t.state.result_state.value for t in run.tasks}
+    assert run.tasks is not None
+    results = {
+        t.task_key: t.state.result_state.value
+        for t in run.tasks
+        if t.state is not None and t.state.result_state is not None
+    }
     assert results == {"first": "FAILED", "second": "UPSTREAM_FAILED", "independent": "SUCCESS"}
+    assert run.state is not None and run.state.state_message is not None
     assert run.state.result_state == jobs.RunResultState.FAILED
     assert "Task first failed with message: RuntimeError: first failed" in run.state.state_message
     assert len({t.run_id for t in run.tasks} | {run_id}) == 4  # every task run has its own id
     # The job cluster delivered its driver logs where cluster_log_conf points.
-    cluster_id = next(
-        t for t in run.tasks if t.task_key == "independent"
-    ).cluster_instance.cluster_id
-    delivered = ws.dbfs.read(f"/cluster-logs/{cluster_id}/driver/stdout", length=1024 * 1024)
+    cluster_instance = next(t for t in run.tasks if t.task_key == "independent").cluster_instance
+    assert cluster_instance is not None
+    delivered = ws.dbfs.read(
+        f"/cluster-logs/{cluster_instance.cluster_id}/driver/stdout", length=1024 * 1024
+    )
+    assert delivered.data is not None
     assert b"fine" in base64.b64decode(delivered.data)
 
 
@@ -360,6 +385,7 @@ def test_run_timeout_ends_the_run_timedout(ws: WorkspaceClient) -> None:
         "run_id"
     ]
     run, _ = wait_terminal(ws, run_id, timeout=60)
+    assert run.state is not None
     assert (run.state.life_cycle_state, run.state.result_state) == (
         jobs.RunLifeCycleState.TERMINATED,
         jobs.RunResultState.TIMEDOUT,
@@ -387,6 +413,7 @@ def test_cancel_kills_the_task_and_its_spark_jvm(
         )
         if match:
             break
+        assert run.state is not None and run.state.life_cycle_state is not None
         assert run.state.life_cycle_state.value not in TERMINAL, task_output(ws, run).error_trace
         assert time.monotonic() < deadline, "task never reported its pids"
         time.sleep(0.2)
@@ -395,6 +422,7 @@ def test_cancel_kills_the_task_and_its_spark_jvm(
 
     ws.jobs.cancel_run(run_id)
     run, _ = wait_terminal(ws, run_id, timeout=60)
+    assert run.state is not None
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
     assert run.state.result_state == jobs.RunResultState.CANCELED
     assert "TERMINATING" in emu.run_state_history(run_id)
@@ -453,7 +481,8 @@ def test_throttling_and_unavailability_are_retried_by_the_sdk(
     emu.inject_faults(
         http_429=2, http_503=1, path_prefix="/api/2.2/jobs/runs/get", retry_after_seconds=0
     )
-    assert ws.jobs.get_run(run_id).state.result_state == jobs.RunResultState.SUCCESS
+    state = ws.jobs.get_run(run_id).state
+    assert state is not None and state.result_state == jobs.RunResultState.SUCCESS
     emu.inject_faults(http_503=1, path_prefix="/api/2.0/dbfs/", retry_after_seconds=0)
     assert ws.dbfs.get_status("/scripts").is_dir
     stats = emu.stats()
@@ -528,10 +557,13 @@ def test_legacy_single_task_submit_and_runs_list(
         "libraries": [{"pypi": {"package": "pyyaml"}}],
         "spark_python_task": {"python_file": script},
     }
-    run_id = ws.api_client.do("POST", "/api/2.0/jobs/runs/submit", body=body)["run_id"]
+    response = ws.api_client.do("POST", "/api/2.0/jobs/runs/submit", body=body)
+    assert isinstance(response, dict)
+    run_id = response["run_id"]
     run, _ = wait_terminal(ws, run_id)
-    assert run.state.result_state == jobs.RunResultState.SUCCESS
-    assert "legacy form" in ws.jobs.get_run_output(run_id).logs  # single-task runs have output
+    assert run.state is not None and run.state.result_state == jobs.RunResultState.SUCCESS
+    logs = ws.jobs.get_run_output(run_id).logs
+    assert logs is not None and "legacy form" in logs  # single-task runs have output
     assert emu.stats()["libraries_by_run"][str(run_id)] == body["libraries"]
     listed = list(ws.jobs.list_runs(completed_only=True))
     assert [r.run_id for r in listed] == [run_id]
@@ -543,21 +575,23 @@ def test_cluster_start_latency_is_paid_once_per_existing_cluster_and_per_new_clu
     with run_emulator(root=tmp_path / "emu", cluster_start_seconds=0.5) as emu:
         ws = WorkspaceClient(host=emu.host, token=emu.token)
         emu.define_cluster("warm-pool", spark_env_vars={"POOL": "warm"})
-        assert ws.clusters.get("warm-pool").state.value == "TERMINATED"
+        pool_state = ws.clusters.get("warm-pool").state
+        assert pool_state is not None and pool_state.value == "TERMINATED"
 
         # Two runs arriving together share the single start of the stopped cluster...
         code = "import os, time; time.sleep(1.5); print('pool', os.environ['POOL'])"
         both = [submit(ws, code, cluster={"existing_cluster_id": "warm-pool"}) for _ in range(2)]
         runs = [wait_terminal(ws, r)[0] for r in both]
-        assert all(r.state.result_state == jobs.RunResultState.SUCCESS for r in runs)
+        assert all(r.state and r.state.result_state == jobs.RunResultState.SUCCESS for r in runs)
         # ...and later runs find it warm.
         later = submit(ws, "print('warm')", cluster={"existing_cluster_id": "warm-pool"})
         wait_terminal(ws, later)
         stats = emu.stats()
         assert (stats["cluster_starts"], stats["cluster_start_seconds_total"]) == (1, 0.5)
         assert stats["max_concurrent_running_per_cluster"]["warm-pool"] == 2
-        assert "pool warm" in task_output(ws, runs[0]).logs
-        assert ws.clusters.get("warm-pool").state.value == "RUNNING"
+        assert "pool warm" in (task_output(ws, runs[0]).logs or "")
+        pool_state = ws.clusters.get("warm-pool").state
+        assert pool_state is not None and pool_state.value == "RUNNING"
 
         # Each new_cluster task pays the start again.
         for _ in range(2):
@@ -600,6 +634,7 @@ def test_cli_prints_what_to_export(tmp_path: Path) -> None:
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         exports: dict[str, str] = {}
         while len(exports) < 2:
@@ -611,6 +646,7 @@ def test_cli_prints_what_to_export(tmp_path: Path) -> None:
         ws = WorkspaceClient(host=exports["DATABRICKS_HOST"], token=exports["DATABRICKS_TOKEN"])
         assert ws.current_user.me().user_name == "emulator@localhost"
         cluster = ws.clusters.get("dev-cluster")
+        assert cluster.state is not None
         assert (cluster.state.value, cluster.spark_env_vars) == ("RUNNING", {"A": "1"})
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ def ws(emu: DatabricksEmulator) -> WorkspaceClient:
 def run_ok(ws: WorkspaceClient, code: str) -> str:
     run, _ = wait_terminal(ws, submit(ws, code), timeout=300)
     output = task_output(ws, run)
+    assert run.state is not None
     assert run.state.result_state == jobs.RunResultState.SUCCESS, output.error_trace
     return output.logs or ""
 

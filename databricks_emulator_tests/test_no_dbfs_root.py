@@ -70,6 +70,7 @@ def test_no_dbfs_root(tmp_path: Path) -> None:
         run_id = ws.jobs.submit(tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
         run, _ = wait_terminal(ws, run_id, timeout=300)
         output = task_output(ws, run)
+        assert run.state is not None
         assert run.state.result_state == jobs.RunResultState.SUCCESS, output.error_trace
         logs = output.logs or ""
         assert (

@@ -56,10 +56,11 @@ def test_serverless_task_runs_on_spark_connect(tmp_path: Path) -> None:
         ws = WorkspaceClient(host=emu.host, token=emu.token)
         ws.files.upload("/Volumes/main/raw/landing/in.txt", io.BytesIO(b"a\nb\n"))
         script = upload_script(ws, SERVERLESS_TASK)
-        run_id = ws.api_client.do("POST", "/api/2.2/jobs/runs/submit", body=submit_body(script))[
-            "run_id"
-        ]
+        submitted = ws.api_client.do("POST", "/api/2.2/jobs/runs/submit", body=submit_body(script))
+        assert isinstance(submitted, dict)
+        run_id = submitted["run_id"]
         run, _ = wait_terminal(ws, run_id, timeout=300)
+        assert run.tasks and run.tasks[0].run_id is not None and run.state is not None
         output = ws.jobs.get_run_output(run.tasks[0].run_id)
         assert run.state.result_state == jobs.RunResultState.SUCCESS, output.error_trace
         logs = output.logs or ""
@@ -69,9 +70,11 @@ def test_serverless_task_runs_on_spark_connect(tmp_path: Path) -> None:
         assert "uc: 3" in logs and "volume: 2" in logs and "dbutils: hi" in logs
         # No cluster: no cluster_instance anywhere, no cluster start latency (30 s configured).
         raw = ws.api_client.do("GET", "/api/2.2/jobs/runs/get", query={"run_id": run_id})
+        assert isinstance(raw, dict)
         assert "cluster_instance" not in raw and "cluster_instance" not in raw["tasks"][0]
         assert raw["tasks"][0]["environment_key"] == "default"
         assert raw["environments"] == ENVIRONMENTS
+        assert output.metadata is not None
         assert "cluster_instance" not in output.metadata.as_dict()
         assert emu.stats()["cluster_starts"] == 0  # the 30 s cluster start was never paid
 
@@ -116,4 +119,4 @@ def test_serverless_validation_and_a_workspace_without_serverless(tmp_path: Path
         }
         run_id = ws.jobs.submit(tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
         run, _ = wait_terminal(ws, run_id)
-        assert run.state.result_state == jobs.RunResultState.SUCCESS
+        assert run.state is not None and run.state.result_state == jobs.RunResultState.SUCCESS

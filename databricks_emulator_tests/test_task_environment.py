@@ -38,6 +38,7 @@ def ws(emu: DatabricksEmulator) -> WorkspaceClient:
 def run_ok(ws: WorkspaceClient, run_id: int) -> str:
     run, _ = wait_terminal(ws, run_id)
     output = task_output(ws, run)
+    assert run.state is not None
     assert run.state.result_state == jobs.RunResultState.SUCCESS, (
         run.state.state_message,
         output.error_trace,
@@ -76,7 +77,7 @@ def test_a_task_imports_only_what_the_run_uploaded(ws: WorkspaceClient, tmp_path
     # ...but not on the emulated cluster.
     run, _ = wait_terminal(ws, submit(ws, code))
     output = task_output(ws, run)
-    assert run.state.result_state == jobs.RunResultState.FAILED
+    assert run.state is not None and run.state.result_state == jobs.RunResultState.FAILED
     assert "No module named 'fanout_dagster'" in (output.error or "")
 
     # Uploaded as a whl library, it is importable (from the upload, not the working tree).
@@ -114,6 +115,7 @@ def test_a_task_imports_only_what_the_run_uploaded(ws: WorkspaceClient, tmp_path
 
     # A wheel that is not there fails the run like a library installation failure.
     run, _ = wait_terminal(ws, submit(ws, code, libraries=[{"whl": "dbfs:/wheels/missing.whl"}]))
+    assert run.state is not None and run.state.state_message is not None
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.INTERNAL_ERROR
     assert "Library installation failed" in run.state.state_message
 
@@ -137,9 +139,8 @@ def test_tasks_see_volumes_and_dbfs_as_fuse_mounts(
     assert "glob: ['/Volumes/main/raw/landing/in/a.csv']" in logs
     assert "size: 16" in logs and "dbfs: dbfs file" in logs
     assert "ls: ['in/', 'out.txt']" in logs
-    assert ws.files.download("/Volumes/main/raw/landing/out.txt").contents.read() == (
-        b"written by the task"
-    )
+    out = ws.files.download("/Volumes/main/raw/landing/out.txt").contents
+    assert out is not None and out.read() == b"written by the task"
     # Nothing was put in the host's mount points.
     assert os.listdir("/Volumes") == [] and os.listdir("/dbfs") == []
 
@@ -159,7 +160,7 @@ def test_spark_reads_and_writes_volume_paths(ws: WorkspaceClient) -> None:
     names = [
         e.name for e in ws.files.list_directory_contents("/Volumes/main/raw/landing/out/parquet")
     ]
-    assert any(n.endswith(".parquet") for n in names)
+    assert any(n and n.endswith(".parquet") for n in names)
 
 
 def test_python_file_on_a_volume(ws: WorkspaceClient) -> None:

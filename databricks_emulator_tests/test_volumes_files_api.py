@@ -50,6 +50,7 @@ def test_upload_download_metadata_delete(emu: DatabricksEmulator, ws: WorkspaceC
     assert (emu.volumes.root / "main/raw/landing/in/a/hello.txt").read_bytes() == b"hello volume"
 
     download = ws.files.download(f"{VOL}/in/a/hello.txt")
+    assert download.contents is not None and download.last_modified is not None
     assert download.contents.read() == b"hello volume"
     assert download.content_length == 12 and download.content_type == "application/octet-stream"
     assert download.last_modified.endswith("GMT")
@@ -64,7 +65,8 @@ def test_upload_download_metadata_delete(emu: DatabricksEmulator, ws: WorkspaceC
         ws.files.upload(f"{VOL}/in/a/hello.txt", io.BytesIO(b"no"), overwrite=False)
     assert exists.value.error_code == "ALREADY_EXISTS"
     assert str(exists.value) == "The file being created already exists."
-    assert ws.files.download(f"{VOL}/in/a/hello.txt").contents.read() == b"again"
+    contents = ws.files.download(f"{VOL}/in/a/hello.txt").contents
+    assert contents is not None and contents.read() == b"again"
 
     ws.files.delete(f"{VOL}/in/a/hello.txt")
     for call in (
@@ -114,7 +116,7 @@ def test_directories_create_list_paging_delete(
         2,
         False,
     )
-    assert entries[3].last_modified > 0
+    assert entries[3].last_modified is not None and entries[3].last_modified > 0
 
     # The wire format: pages of page_size entries and a next_page_token.
     status, _, body = raw(emu, "GET", f"/api/2.0/fs/directories{VOL}/d?page_size=4")

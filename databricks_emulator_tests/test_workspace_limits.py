@@ -75,7 +75,7 @@ def test_active_task_run_limit_answers_429(tmp_path: Path) -> None:
         )
         assert status == 200
         run, _ = wait_terminal(ws, third["run_id"])
-        assert run.state.result_state == jobs.RunResultState.SUCCESS
+        assert run.state is not None and run.state.result_state == jobs.RunResultState.SUCCESS
 
 
 def test_idempotency_token_longer_than_64_characters_is_refused(tmp_path: Path) -> None:

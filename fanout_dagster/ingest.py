@@ -240,7 +240,10 @@ def read_source(spark: SparkSession, source: SourceSpec, files: list[SourceFile]
 def with_hints(inferred: StructType, hints: str) -> StructType:
     """Auto Loader's schema hints: the hinted columns get the hinted types; hinted
     columns the data lacks are added at the end."""
-    hinted = {f.name.lower(): f for f in StructType.fromDDL(hints).fields}
+    parsed = StructType.fromDDL(hints)
+    if not isinstance(parsed, StructType):  # a bare type ("INT"), not columns
+        raise SourceError(f"schema_hints {hints!r} are not a list of columns")
+    hinted = {f.name.lower(): f for f in parsed.fields}
     fields = [
         StructField(f.name, hinted.pop(f.name.lower()).dataType, True)
         if f.name.lower() in hinted
@@ -326,15 +329,15 @@ def ingest_object(
         )
 
     if target.mode == "overwrite":
-        df = audited(files)
-        if df is None:
+        rows = audited(files)
+        if rows is None:
             if writer.table_schema(table) is None or not allow_empty:
                 raise SourceError(
                     f"source {obj.source.path!r} has no columns (only empty files); "
                     f"table {writer.full_name(table)} keeps its previous version"
                 )
-            df = spark.table(writer.full_name(table)).limit(0)
-        commit = writer.overwrite(df, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
+            rows = spark.table(writer.full_name(table)).limit(0)
+        commit = writer.overwrite(rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
         return _result(obj, commit, len(files), len(files), (), False, started)
 
     done = writer.ingested_files(table)
@@ -345,10 +348,10 @@ def ingest_object(
         for f in files
         if reload or done.get(f.load_id) != FileState(f.size, f.modified_ms, obj.source_hash)
     ]
-    df = audited(todo) if todo else None
+    new_rows = audited(todo) if todo else None
     load_ids = tuple(f.load_id for f in todo)
     commit = writer.replace_files(
-        df,
+        new_rows,
         table=table,
         load_ids=load_ids,
         mode=mode,

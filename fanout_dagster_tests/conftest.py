@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 from dagster import instance_for_test
@@ -23,7 +24,7 @@ from fanout_dagster_tests.helpers import (
 
 
 @pytest.fixture(scope="session")
-def spark_server(tmp_path_factory) -> ServerConfig:
+def spark_server(tmp_path_factory) -> Iterator[ServerConfig]:
     """The local Spark Connect server, started once per test process (JVM start-up
     is the slowest thing here) on free ports with a warehouse of its own."""
     state = tmp_path_factory.mktemp("spark-server")
@@ -45,7 +46,7 @@ def spark_resource(spark_server) -> SparkConnectResource:
 
 
 @pytest.fixture(scope="session")
-def spark(spark_server) -> SparkSession:
+def spark(spark_server) -> Iterator[SparkSession]:
     """The test's own Connect session on the shared server (runs open theirs)."""
     session = SparkSession.builder.remote(spark_server.url).create()
     yield session

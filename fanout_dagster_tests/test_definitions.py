@@ -4,6 +4,7 @@ not only in the slow end-to-end tests)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import AssetKey, Definitions
@@ -13,7 +14,8 @@ from fanout_dagster.resources.databricks import code_bundle
 from fanout_dagster.settings import Settings
 from fanout_dagster_tests.helpers import SAMPLE_CONFIGS
 
-PLACEHOLDERS = {
+# Settings' fields by name (their values are validated by pydantic, as the environment's are).
+PLACEHOLDERS: dict[str, dict[str, Any]] = {
     "local": {},
     "databricks": {"data_root": "/Volumes/main/raw/landing", "bronze_schema": "main.bronze"},
 }

@@ -154,7 +154,9 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
             assert [r[0] for r in table_df.select("_dagster_run_id").distinct().collect()] == [
                 healed.run_id
             ]
-            assert table_state(spark, name)[0] == before[0] + 1
+            after = table_state(spark, name)
+            assert before is not None and after is not None
+            assert after[0] == before[0] + 1
             [mat] = [
                 e.step_materialization_data.materialization
                 for e in healed.all_events

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from dagster import DagsterEvent, DagsterEventType, Definitions, instance_for_test
 from dagster._core.errors import DagsterInvalidConfigError
-from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
@@ -27,7 +26,7 @@ from fanout_dagster.tags import (
     RETRIES_TAG,
     RETRY_STRATEGY_TAG,
 )
-from fanout_dagster_tests.assets.test_bronze import make_run, range_tags
+from fanout_dagster_tests.assets.test_bronze import make_run, range_tags, without_workspace
 from fanout_dagster_tests.helpers import REPO_ROOT
 
 KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]  # A B C D
@@ -60,7 +59,7 @@ def bronze_job(project, spark_resource):
 
 def submit(instance, job, tags):
     run = make_run(instance, job, tags)
-    instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
+    instance.run_coordinator.submit_run(without_workspace(run))
     return instance.get_run_by_id(run.run_id)
 
 

@@ -51,7 +51,8 @@ def _environment_reads(path: Path) -> list[str]:
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
             target = node.value  # os.environ[...]
         if (
-            isinstance(target, ast.Attribute)
+            isinstance(node, (ast.Call, ast.Subscript))  # (always, when target is set)
+            and isinstance(target, ast.Attribute)
             and target.attr in ("environ", "getenv")
             and isinstance(target.value, ast.Name)
             and target.value.id == "os"

@@ -48,7 +48,8 @@ def test_each_run_has_a_session_of_its_own(spark_server):
     try:
         a.range(3).createOrReplaceTempView("mine")
         a.conf.set("spark.sql.shuffle.partitions", "7")
-        assert a.sql("SELECT count(*) AS n FROM mine").first().n == 3
+        row = a.sql("SELECT count(*) AS n FROM mine").first()
+        assert row is not None and row.n == 3
         assert not b.catalog.tableExists("mine")
         assert b.conf.get("spark.sql.shuffle.partitions") != "7"
     finally:
@@ -60,7 +61,12 @@ def test_concurrent_runs_share_the_cores(spark_server):
     """FAIR scheduling: a short job of one run finishes while a long job of another
     run is still going, instead of queueing behind all of its tasks."""
     long_run, short_run = session(spark_server), session(spark_server)
-    slow = F.udf(lambda v: time.sleep(0.5) or v, "long")
+
+    def slowly(v):  # no type hints: pyspark would try to infer a pandas UDF from them
+        time.sleep(0.5)
+        return v
+
+    slow = F.udf(slowly, "long")
     finished: dict[str, float] = {}
 
     def long_job() -> None:

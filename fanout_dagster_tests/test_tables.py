@@ -111,6 +111,7 @@ def test_concurrent_loads_of_a_pack_into_their_own_tables_all_land(spark, projec
     assert all(o.ok for o in outcomes), [o.traceback for o in outcomes if not o.ok]
     for outcome in outcomes:
         obj = outcome.item
+        assert outcome.result is not None
         files = sorted(str(p.resolve()) for p in project.data.glob(obj.source.path))
         assert outcome.result.rows == spark_source_count(spark, obj, files)
         assert outcome.result.table == project.table(obj.target.table)

@@ -15,7 +15,7 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.run_coordinator import SubmitRunContext
-from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -244,6 +244,12 @@ def coordinator(instance):
     return coordinator
 
 
+def without_workspace(run: DagsterRun) -> SubmitRunContext:
+    """A submission with no workspace: the coordinator reads it only to create the sibling
+    runs of a pack that straddles clusters, which runs submitted this way never do."""
+    return SubmitRunContext(run, workspace=None)  # type: ignore[arg-type]  # see the docstring
+
+
 def make_run(instance, job, tags, asset_selection=frozenset({BRONZE_KEY})):
     # A remote origin, as runs created from the UI or the daemon have (queued runs need one).
     origin = RemoteJobOrigin(
@@ -358,8 +364,9 @@ def test_placement_tags_keep_what_the_run_already_says(placed, bronze_job, coord
 
 def test_submit_run_queues_the_run_with_its_placement_tags(placed, bronze_job, coordinator):
     run_ = make_run(placed, bronze_job, range_tags("crm-web_events", "erp-inventory"))
-    submitted = coordinator.submit_run(SubmitRunContext(run_, workspace=None))
+    submitted = coordinator.submit_run(without_workspace(run_))
     stored = placed.get_run_by_id(run_.run_id)
+    assert stored is not None
     assert stored.status == DagsterRunStatus.QUEUED == submitted.status
     assert stored.tags[CLUSTER_TAG] == "heavy"
     assert stored.tags[OBJECTS_TAG] == "crm-web_events,erp-inventory"
@@ -375,6 +382,7 @@ def test_dagster_yaml_installs_the_coordinator_with_its_cluster_limits(project, 
         coordinator = configured.run_coordinator
         assert isinstance(coordinator, ClusterTaggingRunCoordinator)
         queue = configured.get_concurrency_config().run_queue_config
+        assert queue is not None
         limits = {
             (limit["key"], limit.get("value")): limit["limit"]
             for limit in queue.tag_concurrency_limits
@@ -387,5 +395,6 @@ def test_dagster_yaml_installs_the_coordinator_with_its_cluster_limits(project, 
             assets=[build_bronze_asset()], resources=project.resources(spark_resource)
         ).resolve_implicit_global_asset_job_def()
         run_ = make_run(configured, job, {PARTITION_NAME_TAG: "crm-web_events"})
-        coordinator.submit_run(SubmitRunContext(run_, workspace=None))
-        assert configured.get_run_by_id(run_.run_id).tags[CLUSTER_TAG] == "heavy"
+        coordinator.submit_run(without_workspace(run_))
+        stored = configured.get_run_by_id(run_.run_id)
+        assert stored is not None and stored.tags[CLUSTER_TAG] == "heavy"

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
@@ -166,7 +166,7 @@ def peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     return best
 
 
-def max_overlap(records: list[RunRecord], tag: tuple[str, str] | None = None) -> int:
+def max_overlap(records: Sequence[RunRecord], tag: tuple[str, str] | None = None) -> int:
     """The most runs that were executing at the same instant, from run records' start/end times."""
     return peak_overlap(
         (record.start_time, record.end_time if record.end_time is not None else time.time())

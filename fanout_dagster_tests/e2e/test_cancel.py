@@ -89,6 +89,7 @@ def test_terminating_a_local_run_interrupts_its_spark_work_and_skips_the_rest_of
                 describe_runs(instance) + (tmp_path / "daemon.log").read_text()[-3000:]
             ),
         )
+        assert run is not None  # wait_for returns a truthy value
         assert run.tags[OBJECTS_TAG].split(",")[0] == big
         run_tag = f"fanout-run-{run.run_id}"
 
@@ -101,8 +102,14 @@ def test_terminating_a_local_run_interrupts_its_spark_work_and_skips_the_rest_of
         wait_for(big_load_running, timeout=240, what="the big object's Spark job", interval=0.5)
         terminated_at = time.monotonic()
         assert instance.run_launcher.terminate(run.run_id)
+
+        def cancelled() -> bool:
+            current = instance.get_run_by_id(run.run_id)
+            assert current is not None
+            return current.status == DagsterRunStatus.CANCELED
+
         wait_for(
-            lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED,
+            cancelled,
             timeout=120,
             what="the run to be cancelled",
             on_timeout=lambda: describe_runs(instance),

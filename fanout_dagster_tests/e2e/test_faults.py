@@ -172,14 +172,21 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
                     os.killpg(killed_pgid, signal.SIGKILL)
                 first_daemon.wait()
             survivors = group_members(killed_pgid)
-            assert instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED
+            backfill = instance.get_backfill(backfill_id)
+            assert backfill is not None and backfill.status == BulkActionStatus.REQUESTED
 
             with dagster_daemon(home, env, daemon_log):
                 # A run whose worker died must not stay STARTED: within two minutes
                 # of the restart it has finished (its orphaned worker completed it)
                 # or been marked failed (and is retried).
+
+                def left_started() -> bool:
+                    current = instance.get_run_by_id(in_flight)
+                    assert current is not None
+                    return current.status != DagsterRunStatus.STARTED
+
                 wait_for(
-                    lambda: instance.get_run_by_id(in_flight).status != DagsterRunStatus.STARTED,
+                    left_started,
                     120,
                     "the run in flight at the kill to leave STARTED",
                     interval=0.5,

@@ -16,7 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    FloatMetadataValue,
+    TimestampMetadataValue,
+)
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
@@ -260,7 +266,9 @@ def wait_backfill(
         return backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
 
     wait_for(done, timeout=timeout, what=f"backfill {backfill_id} to finish", on_timeout=on_timeout)
-    return instance.get_backfill(backfill_id).status
+    backfill = instance.get_backfill(backfill_id)
+    assert backfill is not None
+    return backfill.status
 
 
 def object_intervals(instance: DagsterInstance) -> dict[str, tuple[str, float, float]]:
@@ -272,11 +280,18 @@ def object_intervals(instance: DagsterInstance) -> dict[str, tuple[str, float, f
     latest: dict[str, tuple[str, float, float]] = {}
     records = instance.fetch_materializations(BRONZE, limit=1000, ascending=True).records
     for record in records:
-        metadata = record.asset_materialization.metadata
+        materialization = record.asset_materialization
+        assert materialization is not None and record.partition_key is not None
+        metadata = materialization.metadata
         if "started_at" in metadata and "finished_at" in metadata:
-            start, end = metadata["started_at"].value, metadata["finished_at"].value
+            started, finished = metadata["started_at"], metadata["finished_at"]
+            assert isinstance(started, TimestampMetadataValue)
+            assert isinstance(finished, TimestampMetadataValue)
+            start, end = started.value, finished.value
         else:
+            duration = metadata["duration_s"]
+            assert isinstance(duration, FloatMetadataValue) and duration.value is not None
             end = record.timestamp
-            start = end - metadata["duration_s"].value
+            start = end - duration.value
         latest[record.partition_key] = (record.run_id, start, end)
     return latest

@@ -81,9 +81,10 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
 
     # The data is really there: each table's rows equal its source's rows.
     sample = next(obj for obj in objects if obj.key == "erp-orders")
+    active = SparkSession.getActiveSession()
+    assert active is not None
     source_rows = (
-        SparkSession.getActiveSession()
-        .read.options(**{k: str(v).lower() for k, v in sample.source.options.items()})
+        active.read.options(**{k: str(v).lower() for k, v in sample.source.options.items()})
         .csv(str(project.data / sample.source.path))
         .count()
     )

@@ -25,7 +25,13 @@ from collections import Counter
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    SensorResult,
+    build_sensor_context,
+)
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
@@ -144,6 +150,8 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 instance=instance, resources={"object_configs": project.object_configs()}
             )
         )
+        assert isinstance(first_tick, SensorResult), first_tick  # what the object sensor returns
+        assert first_tick.run_requests is not None
         assert len(first_tick.run_requests) == len(sample_keys)
         partition_keys = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
         assert set(partition_keys) == sample_keys, partition_keys
@@ -210,7 +218,9 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                 dialog.get_by_role("button", name="Launch backfill").click()
                 toast = page.get_by_text(re.compile(r"Created backfill \w+"))
                 expect(toast).to_be_visible()
-                backfill_id = re.search(r"Created backfill (\w+)", toast.inner_text()).group(1)
+                created = re.search(r"Created backfill (\w+)", toast.inner_text())
+                assert created is not None
+                backfill_id = created.group(1)
                 timings["backfill launched"] = time.monotonic() - started
 
                 # 4. Watch the queue until every object is materialized.
@@ -223,7 +233,7 @@ def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp
                         if r.status != DagsterRunStatus.SUCCESS and r.status in FINISHED_STATUSES
                     ]
                     assert not failed, f"backfill runs failed:\n{describe_runs(instance)}"
-                    return done and runs and all(r.status in FINISHED_STATUSES for r in runs)
+                    return done and bool(runs) and all(r.status in FINISHED_STATUSES for r in runs)
 
                 wait_for(
                     backfill_done,

@@ -141,6 +141,7 @@ class DagsterDev:
 
     def wait_until_ready(self, timeout: float) -> None:
         """The webserver answers and the code location has loaded."""
+        assert self.proc is not None, "start() first"
         wait_until_loaded(GraphQL(self.url), self.proc, timeout, self.log_path)
 
     def stop(self) -> list[int]:
@@ -191,7 +192,7 @@ class QueueObservation:
     def sample(self, records: Iterable) -> None:
         from dagster import DagsterRunStatus
 
-        in_progress = Counter()
+        in_progress: Counter[str] = Counter()
         total = queued = 0
         for record in records:
             run = record.dagster_run
