@@ -4,6 +4,7 @@ checked by their pid."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -39,6 +40,10 @@ def launch(instance: DagsterInstance, out: Path, sleep_s: float = 0.0):
     return run
 
 
+def succeeded(instance: DagsterInstance, run_id: str) -> bool:
+    return status(instance, run_id) == DagsterRunStatus.SUCCESS
+
+
 def status(instance: DagsterInstance, run_id: str) -> DagsterRunStatus:
     run = instance.get_run_by_id(run_id)
     assert run is not None
@@ -55,10 +60,9 @@ def test_a_forked_worker_runs_the_run_with_the_launching_process_environment(
         out = tmp_path / f"{marker}.json"
         run = launch(warm_instance, out)
         wait_for(
-            lambda run_id=run.run_id: status(warm_instance, run_id) == DagsterRunStatus.SUCCESS,
+            functools.partial(succeeded, warm_instance, run.run_id),
             timeout=120,
             what=f"the {marker} run to succeed",
-            on_timeout=lambda run_id=run.run_id: str(status(warm_instance, run_id)),
         )
         seen = json.loads(out.read_text())
         assert seen["marker"] == marker
