@@ -202,6 +202,8 @@ class Project:
             "FANOUT_SPARK_CONNECT_PORT": str(self.spark_server.port),
             "FANOUT_SPARK_WAREHOUSE": str(self.spark_server.warehouse),
             "FANOUT_BRONZE_SCHEMA": self.schema,
+            # A run per object unless a test packs: what most tests count on.
+            "FANOUT_OBJECTS_PER_RUN": "1",
         }
 
     def process_table(self, table: str) -> Path:
