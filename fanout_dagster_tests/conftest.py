@@ -71,6 +71,24 @@ def classic_spark(classic_spark_resource) -> SparkSession:
     return classic_spark_resource.get_session()
 
 
+_connect_mode_seen = False
+
+
+@pytest.fixture(autouse=True)
+def spark_functions_mode(request) -> Iterator[None]:
+    """pyspark's `functions` build Connect or classic columns by that process-wide
+    flag: each test gets the mode of the session it uses, whatever ran before it
+    (a classic test after a Connect one, and the other way round)."""
+    global _connect_mode_seen
+    _connect_mode_seen = _connect_mode_seen or CONNECT_MODE_FLAG in os.environ
+    if any(name.startswith("classic_spark") for name in request.fixturenames):
+        os.environ.pop(CONNECT_MODE_FLAG, None)
+    elif _connect_mode_seen:
+        os.environ[CONNECT_MODE_FLAG] = "1"
+    yield
+    _connect_mode_seen = _connect_mode_seen or CONNECT_MODE_FLAG in os.environ
+
+
 @pytest.fixture
 def project(tmp_path, request) -> Project:
     """A throwaway copy of the sample configs and data, with bronze tables of its own."""
