@@ -14,7 +14,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster_postgres import PostgresRunStorage
 
 from fanout_dagster.run_coordinator import ClusterTaggingRunCoordinator
-from fanout_dagster.run_launcher import WorkerCheckingRunLauncher
+from fanout_dagster.run_launcher import WarmRunLauncher
 from fanout_dagster_tests.helpers import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -59,7 +59,7 @@ def test_the_production_instance_opens_on_postgres_from_the_environment(
         with DagsterInstance.from_config(str(home)) as instance:
             assert isinstance(instance.run_storage, PostgresRunStorage)
             assert isinstance(instance.run_coordinator, ClusterTaggingRunCoordinator)
-            assert isinstance(instance.run_launcher, WorkerCheckingRunLauncher)
+            assert isinstance(instance.run_launcher, WarmRunLauncher)
             assert instance.run_monitoring_enabled and instance.run_retries_enabled
             instance.add_dynamic_partitions("objects", ["erp-orders"])
         # What was written is in the database the environment named.
