@@ -1,6 +1,7 @@
 """Shared fixtures: one local Spark Connect server per test process (the product's
 default local Spark, and what Databricks serverless speaks), sample configs and
-data copied to a temporary folder, the project's resources pointed at it."""
+data copied to a temporary folder, the project's resources pointed at it, and
+the Dagster instance's storage (SQLite, or a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from fanout_dagster_tests.helpers import (
     Project,
     free_port,
 )
+from fanout_dagster_tests.postgres import PostgresServer, postgres_for_tests, storage_overrides
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +103,35 @@ def project(tmp_path, request) -> Project:
     return Project(tmp_path, lambda: request.getfixturevalue("spark_server"))
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (fanout_dagster_tests/postgres.py), once per test process."""
+    with postgres_for_tests() as server, server.with_dagster_template() as templated:
+        yield templated
+
+
 @pytest.fixture
-def instance():
-    """A real, persistent (temporary-folder) Dagster instance."""
-    with instance_for_test() as dagster_instance:
+def storage() -> str:
+    """The Dagster storage a test runs on: SQLite (the embedded default) unless its
+    module overrides this fixture with `params=STORAGES` to run on PostgreSQL too."""
+    return "sqlite"
+
+
+@pytest.fixture
+def dagster_storage(storage, request) -> Iterator[dict | None]:
+    """The `storage:` section of the test's dagster.yaml: None for SQLite under
+    DAGSTER_HOME, a new database of the test PostgreSQL server for postgres."""
+    if storage == "sqlite":
+        yield None
+        return
+    assert storage == "postgres", storage
+    with request.getfixturevalue("postgres_server").database() as database:
+        yield database.storage_config()
+
+
+@pytest.fixture
+def instance(dagster_storage):
+    """A real, persistent Dagster instance (a temporary folder; PostgreSQL storage
+    in the postgres variant)."""
+    with instance_for_test(overrides=storage_overrides(dagster_storage)) as dagster_instance:
         yield dagster_instance

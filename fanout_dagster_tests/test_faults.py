@@ -1,8 +1,8 @@
 """Faults, each with its proof: real Spark, real Dagster processes, the real
 step launcher against the Databricks emulator. Nothing is mocked.
 
-An object's Spark write fails half way (in-process, through the asset); the
-end-to-end faults (daemon killed, Databricks API throttled, remote run killed,
+An object's Spark write fails half way (in-process, through the asset; on SQLite
+and on PostgreSQL storage); the end-to-end faults (daemon killed, Databricks API throttled, remote run killed,
 run terminated) are in e2e/test_faults.py.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, instance_for_test, materialize
 
@@ -23,8 +24,15 @@ from fanout_dagster_tests.helpers import (
     spark_source_count,
     table_state,
 )
+from fanout_dagster_tests.postgres import STORAGES, storage_overrides
 
 BRONZE = AssetKey("bronze")
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request) -> str:
+    """The fault runs on both storages."""
+    return request.param
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,7 +56,7 @@ def step_failure_messages(instance, run_id: str) -> list[str]:
 
 
 def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(
-    classic_spark, classic_spark_resource, project
+    classic_spark, classic_spark_resource, project, dagster_storage
 ):
     """The write job of a load dies after some of its tasks have written their
     part files: the run fails naming the object, the table keeps its previous
@@ -72,7 +80,7 @@ def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_h
     previous_split = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")
     try:
-        with instance_for_test() as instance:
+        with instance_for_test(overrides=storage_overrides(dagster_storage)) as instance:
 
             def run():
                 return materialize(

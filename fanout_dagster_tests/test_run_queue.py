@@ -1,7 +1,8 @@
 """One run per object at a time: the run queue (Dagster's queue daemon, with the
 repo's run coordinator on a real instance) holds a run that shares an object
 with a run in progress, or with a run launched ahead of it in the same pass,
-whatever launched them. The end-to-end version is e2e/test_run_queue.py."""
+whatever launched them; on SQLite and on PostgreSQL storage. The end-to-end
+version is e2e/test_run_queue.py."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from fanout_dagster.tags import (
 )
 from fanout_dagster_tests.assets.test_bronze import make_run, range_tags, without_workspace
 from fanout_dagster_tests.helpers import REPO_ROOT
+from fanout_dagster_tests.postgres import STORAGES, storage_overrides
 
 KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]  # A B C D
 
@@ -43,9 +45,16 @@ def repo_queue(max_runs: int = 4, default_limit: int = 4) -> dict:
     return {"run_coordinator": coordinator}
 
 
+@pytest.fixture(params=STORAGES)
+def storage(request) -> str:
+    """The queue's tests run on both storages (the queue daemon's query is the storage's)."""
+    return request.param
+
+
 @pytest.fixture
-def queue_instance():
-    with instance_for_test(overrides=repo_queue()) as instance:
+def queue_instance(dagster_storage):
+    overrides = {**repo_queue(), **storage_overrides(dagster_storage)}
+    with instance_for_test(overrides=overrides) as instance:
         instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, KEYS)
         yield instance
 

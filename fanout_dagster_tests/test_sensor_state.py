@@ -1,7 +1,8 @@
 """The object sensor's state: one entry per object in the instance's key-value
 store, a cursor of a few bytes, consistent with the ticks Dagster commits, what
 ran recorded from the loads themselves, and the state of removed objects pruned.
-Real Dagster instances throughout; 10,000 configs where scale is the point."""
+Real Dagster instances throughout (SQLite and PostgreSQL storage); 10,000 configs
+where scale is the point."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import os
 import time
 
+import pytest
 import yaml
 from dagster import (
     AssetKey,
@@ -28,10 +30,17 @@ from fanout_dagster.objects import load_objects
 from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster_tests.helpers import keep_objects, replace_once
+from fanout_dagster_tests.postgres import STORAGES
 from fanout_dagster_tests.test_refresh import VolumeProject
 from fanout_dagster_tests.test_sensors import partitions, tick
 
 BRONZE = AssetKey("bronze")
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request) -> str:
+    """The tests here that take an instance run on both storages."""
+    return request.param
 
 
 def kv_entries(instance, keys) -> dict[str, dict]:

@@ -1,10 +1,12 @@
-"""The object sensor, evaluated against a real Dagster instance, tick by tick."""
+"""The object sensor, evaluated against a real Dagster instance, tick by tick, on
+SQLite and on PostgreSQL storage."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
 
+import pytest
 import yaml
 from dagster import SensorResult, SkipReason, build_sensor_context
 from dagster._core.storage.tags import (
@@ -20,6 +22,14 @@ from fanout_dagster.placement import record_clusters, recorded_clusters
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.helpers import ListHandler, replace_once, table_state, tree_snapshot
+from fanout_dagster_tests.postgres import STORAGES
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request) -> str:
+    """The tests here that take an instance run on both storages."""
+    return request.param
+
 
 NEW_OBJECT = """\
 code: hr

@@ -1,5 +1,5 @@
 """Real Dagster processes for end-to-end tests: a DAGSTER_HOME built from the
-repo's dagster.yaml, the daemon (sensors, backfills, run queue) and helpers to
+repo's dagster.yaml (SQLite storage under it, or PostgreSQL), the daemon (sensors, backfills, run queue) and helpers to
 read what happened from run records."""
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def write_dagster_home(
     *,
     max_concurrent_runs: int | None = None,
     cluster_limits: Mapping[str, int] | None = None,
+    storage: Mapping | None = None,
 ) -> Path:
-    """A DAGSTER_HOME whose dagster.yaml is the repo's, with optional tighter limits."""
+    """A DAGSTER_HOME whose dagster.yaml is the repo's, with optional tighter limits,
+    and `storage` (the `dagster_storage` fixture: None for SQLite under the home)."""
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     # The run limits are the run coordinator's (see dagster.yaml).
     runs = config["run_coordinator"]["config"]
@@ -44,6 +46,8 @@ def write_dagster_home(
             {"key": "fanout/cluster", "value": name, "limit": limit}
             for name, limit in cluster_limits.items()
         ]
+    if storage:
+        config["storage"] = dict(storage)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return home

@@ -8,6 +8,11 @@ step launcher against the Databricks emulator. Nothing is mocked.
 4. A remote run dies at the cluster level (its driver process group is killed).
 5. A Dagster run is terminated while its Databricks run is RUNNING.
 (An object's Spark write failing half way is in ../test_faults.py.)
+
+1 and 2 (the faults of Dagster's own processes) run on SQLite and on PostgreSQL
+storage; for 1, PostgreSQL runs the process-group kill, the scenario where the
+new daemon's run monitoring must find the dead worker in the storage. 3 to 5
+are faults of the Databricks side, on the default SQLite storage.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from fanout_dagster_tests.helpers import (
     keep_objects,
     spark_source_count,
 )
+from fanout_dagster_tests.postgres import STORAGES
 
 BRONZE = AssetKey("bronze")
 
@@ -87,9 +93,12 @@ def kill_leftover_group(pgid: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_scope", ["daemon_process", "process_group"])
+@pytest.mark.parametrize(
+    ("kill_scope", "storage"),
+    [("daemon_process", "sqlite"), ("process_group", "sqlite"), ("process_group", "postgres")],
+)
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
-    project, tmp_path, spark, kill_scope
+    project, tmp_path, spark, kill_scope, dagster_storage
 ):
     """A UI backfill of 3 objects, one run each, one run at a time. Once the
     first run has succeeded, the second is STARTED and the third QUEUED, the
@@ -126,7 +135,10 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
     objects = load_objects(project.configs).by_key()
     keys = sorted(objects)
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=1, cluster_limits={"default": 1, "heavy": 1}
+        tmp_path / "dagster_home",
+        max_concurrent_runs=1,
+        cluster_limits={"default": 1, "heavy": 1},
+        storage=dagster_storage,
     )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "1", "FANOUT_THREADS_PER_RUN": "1"}
     daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
@@ -278,8 +290,9 @@ def set_retries(project, retries: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("storage", STORAGES)
 def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
-    project, tmp_path, spark
+    project, tmp_path, spark, dagster_storage
 ):
     """SIGKILL of the run worker alone (an OOM kill, say) while its run is
     STARTED, the daemon alive. Within two minutes run monitoring marks the run
@@ -291,7 +304,10 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
     set_retries(project, 1)
     obj = load_objects(project.configs).by_key()[key]
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=1, cluster_limits={"default": 1}
+        tmp_path / "dagster_home",
+        max_concurrent_runs=1,
+        cluster_limits={"default": 1},
+        storage=dagster_storage,
     )
     log = tmp_path / "daemon.log"
 

@@ -5,7 +5,8 @@ What a user does: turn the object sensor off, launch a backfill of every
 object failed on its own while its pack-mates were loaded, fix it, and
 re-execute the backfill "from failure". Every action goes over HTTP with the
 GraphQL the UI sends; every check reads what Dagster itself recorded (run
-records, the event log, and the GraphQL views the UI renders).
+records, the event log, and the GraphQL views the UI renders). On SQLite and on
+PostgreSQL storage.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from fanout_dagster_tests.e2e.webserver import (
     wait_until_loaded,
 )
 from fanout_dagster_tests.helpers import expected_source_files
+from fanout_dagster_tests.postgres import STORAGES
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +71,17 @@ CLUSTER_LIMITS = {"default": 2, "heavy": 1}
 BROKEN = "erp-customers"
 
 
-def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(project, tmp_path):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
+    project, tmp_path, dagster_storage
+):
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=MAX_RUNS, cluster_limits=CLUSTER_LIMITS
+        tmp_path / "dagster_home",
+        max_concurrent_runs=MAX_RUNS,
+        cluster_limits=CLUSTER_LIMITS,
+        storage=dagster_storage,
     )
     global_limit, cluster_limits = configured_limits(home)
     env = {

@@ -1,5 +1,11 @@
 """The run queue end to end: the real daemon runs the object sensor, the queued
-run coordinator and the runs; the limits are checked from run records."""
+run coordinator and the runs; the limits are checked from run records.
+
+The queue's core scenario (a UI backfill's pack held by overlapping sensor
+runs: the sensor, the webserver, the queue daemon and the runs) runs on SQLite
+and on PostgreSQL storage; the 15-object run under the limits on SQLite only,
+to keep the suite short.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from fanout_dagster_tests.e2e.dagster_processes import (
     write_dagster_home,
 )
 from fanout_dagster_tests.helpers import keep_objects
+from fanout_dagster_tests.postgres import STORAGES
 
 IN_PROGRESS_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
 
@@ -97,7 +104,10 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
 OVERLAP_KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]
 
 
-def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(project, tmp_path):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
+    project, tmp_path, dagster_storage
+):
     """The queue, not the runs, keeps two runs of one object apart. The queue
     is first closed (max_concurrent_runs 0) while the sensor's packs and a UI
     backfill's pack are created, then opened for 3 runs, 3 on the cluster: the
@@ -111,7 +121,10 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(pr
 
     keep_objects(project, OVERLAP_KEYS)
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=0, cluster_limits={"default": 3}
+        tmp_path / "dagster_home",
+        max_concurrent_runs=0,
+        cluster_limits={"default": 3},
+        storage=dagster_storage,
     )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "2", "FANOUT_THREADS_PER_RUN": "1"}
     daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
@@ -156,7 +169,9 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(pr
         assert SENSOR_NAME_TAG not in backfill_run.tags
 
         # 2. The queue opens.
-        write_dagster_home(home, max_concurrent_runs=3, cluster_limits={"default": 3})
+        write_dagster_home(
+            home, max_concurrent_runs=3, cluster_limits={"default": 3}, storage=dagster_storage
+        )
         held_with_room: list[int] = []  # in-progress counts while the backfill's pack waited
 
         def observe() -> None:

@@ -1,0 +1,136 @@
+"""The production example under deploy/: its dagster.yaml opens a real instance on
+PostgreSQL from the environment and keeps the repo's run queue; the services
+keep secrets out of the repository and the webserver behind the proxy."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance
+from dagster._core.instance.config import dagster_instance_config
+from dagster_postgres import PostgresRunStorage
+
+from fanout_dagster.run_coordinator import ClusterTaggingRunCoordinator
+from fanout_dagster.run_launcher import WarmRunLauncher
+from fanout_dagster_tests.helpers import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+ENV_FILE = "/etc/fanout-dagster/env"
+PG_VARIABLES = {f"DAGSTER_PG_{name}" for name in ("HOST", "PORT", "USER", "PASSWORD", "DB")}
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """A systemd unit's `Key=value` lines (keys may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def exec_start(name: str) -> list[str]:
+    [command] = unit_settings(DEPLOY / "systemd" / f"fanout-dagster-{name}.service")["ExecStart"]
+    return command.split()
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_the_production_instance_opens_on_postgres_from_the_environment(
+    postgres_server, monkeypatch, tmp_path
+):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    with postgres_server.database() as database:
+        env = database.env()
+        assert set(env) == PG_VARIABLES
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        # Dagster's own validation of the file (every section and field).
+        config, instance_class = dagster_instance_config(str(home))
+        assert instance_class is None and "postgres" in config["storage"]
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert isinstance(instance.run_storage, PostgresRunStorage)
+            assert isinstance(instance.run_coordinator, ClusterTaggingRunCoordinator)
+            assert isinstance(instance.run_launcher, WarmRunLauncher)
+            assert instance.run_monitoring_enabled and instance.run_retries_enabled
+            instance.add_dynamic_partitions("objects", ["erp-orders"])
+        # What was written is in the database the environment named.
+        connection = postgres_server.connect(database.name)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT partition FROM dynamic_partitions")
+                assert cursor.fetchall() == [("erp-orders",)]
+        finally:
+            connection.close()
+
+
+def test_the_production_instance_keeps_the_repos_run_queue_and_monitoring():
+    production = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    development = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    assert production.pop("storage")["postgres"]["postgres_db"]["password"] == {
+        "env": "DAGSTER_PG_PASSWORD"
+    }
+    assert production == development
+
+
+def test_services_read_secrets_from_outside_the_repository():
+    assert {path.stem for path in UNITS} == {
+        "fanout-dagster-webserver",
+        "fanout-dagster-daemon",
+        "fanout-dagster-code-server",
+        "fanout-dagster-spark",
+    }
+    for path in UNITS:
+        settings = unit_settings(path)
+        assert settings["EnvironmentFile"] == [ENV_FILE], path.name
+        # No inline environment: whatever a service needs comes from the env file.
+        assert "Environment" not in settings, path.name
+        assert settings["User"] == ["fanout"], path.name
+    # The repository's files hold placeholders only.
+    example = (DEPLOY / "env.example").read_text()
+    assert "0600" in example and ENV_FILE in example
+    variables = dict(
+        line.lstrip("#").split("=", 1)
+        for line in example.splitlines()
+        if re.match(r"^#?[A-Z_]+=", line)
+    )
+    assert set(variables) >= PG_VARIABLES
+    for name in ("DAGSTER_PG_PASSWORD", "DATABRICKS_TOKEN"):
+        assert variables[name] == "change-me", name
+    secret = re.compile(
+        r"(PASSWORD|TOKEN|SECRET)\w*\s*[=:]\s*(?!change-me|\{env: )\S", re.IGNORECASE
+    )
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.name != "env.example":
+            assert not secret.search(path.read_text()), path
+
+
+def test_the_webserver_listens_on_loopback_behind_an_authenticating_proxy():
+    webserver, code_server = exec_start("webserver"), exec_start("code-server")
+    assert option(webserver, "-h") == "127.0.0.1"
+    assert option(code_server, "-h") == "127.0.0.1"
+    assert not any("0.0.0.0" in path.read_text() for path in UNITS)
+    # Both Dagster services load the code from the code server.
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    [server] = [entry["grpc_server"] for entry in workspace["load_from"]]
+    assert (server["host"], str(server["port"])) == ("127.0.0.1", option(code_server, "-p"))
+    for name in ("webserver", "daemon"):
+        assert option(exec_start(name), "-w") == "/opt/fanout_dagster/deploy/workspace.yaml"
+    assert exec_start("spark")[-2:] == ["-m", "fanout_dagster.spark_connect_server"]
+
+    site = (DEPLOY / "nginx" / "fanout-dagster.conf").read_text()
+    assert re.search(r"^\s*auth_basic\s+\"", site, re.MULTILINE)
+    [users] = re.findall(r"auth_basic_user_file\s+(\S+);", site)
+    assert users.startswith("/etc/"), users  # outside the repository
+    [upstream] = re.findall(r"proxy_pass\s+(\S+);", site)
+    assert upstream == f"http://127.0.0.1:{option(webserver, '-p')}"
+    assert "proxy_set_header Upgrade $http_upgrade;" in site
+    assert "listen 443 ssl;" in site  # basic auth only over TLS
