@@ -122,10 +122,13 @@ def load_pack(
     """
     run_tag = f"fanout-run-{run_id}"
     server_gone: list[str] = []
+    cancelled: list[bool] = []
 
     def load(obj: ObjectConfig) -> LoadResult:
         if server_gone:
             raise SparkUnavailable(f"not started: {server_gone[0]}")
+        if cancelled:
+            raise RuntimeError("not started: the run was cancelled")
         object_tag = f"fanout-object-{obj.key}"
         spark.addTag(run_tag)  # tags are per thread: each pack thread tags its own work
         spark.addTag(object_tag)
@@ -134,10 +137,13 @@ def load_pack(
         finally:
             spark.removeTag(object_tag)
 
-    def interrupt() -> None:
-        print(
-            "Run cancelled: objects not started are skipped, running ones interrupted", flush=True
-        )
+    def interrupt() -> None:  # called until the running objects have ended
+        if not cancelled:
+            cancelled.append(True)
+            print(
+                "Run cancelled: objects not started are skipped, running ones interrupted",
+                flush=True,
+            )
         spark.interruptTag(run_tag)
 
     for outcome in run_pack(objects, load, threads, on_abandon=interrupt):

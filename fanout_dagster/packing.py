@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+# How often an abandoned pack interrupts its running items until they end.
+ABANDON_POLL_S = 0.2
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,7 +41,7 @@ def run_pack(
     work: Callable[[T], R],
     max_threads: int,
     on_abandon: Callable[[], None] | None = None,
-) -> Iterator[Outcome[T, R]]:
+) -> Generator[Outcome[T, R], None, None]:
     """Run `work` over `items`, at most `max_threads` at once; yield each outcome as it ends.
 
     An item that raises does not stop the others: its exception is captured in
@@ -48,7 +51,9 @@ def run_pack(
     If the caller stops early (the run was cancelled: an exception or the
     generator closed while items are pending), the items that have not started
     never start, and `on_abandon` is called to stop those that are running (it
-    interrupts their Spark operations); this returns once they have ended.
+    interrupts their Spark operations), again and again until they have ended:
+    an item between two Spark operations when interrupted would start the
+    next one (its write, say) untouched. This returns once they have ended.
     """
     if not items:
         return
@@ -76,5 +81,8 @@ def run_pack(
             for future in pending:
                 future.cancel()  # not started yet: never starts
             if on_abandon is not None:
-                on_abandon()
+                running = {future for future in pending if not future.done()}
+                while running:
+                    on_abandon()
+                    _, running = wait(running, timeout=ABANDON_POLL_S)
         pool.shutdown(wait=True, cancel_futures=True)

@@ -112,3 +112,37 @@ def test_outcomes_are_yielded_as_items_finish():
     fast_seen_at = received[0][1]
     assert slow.result == "released"
     assert slow.finished >= fast_seen_at
+
+
+def test_an_abandoned_pack_keeps_interrupting_its_running_items_until_they_end():
+    """A cancelled run's object that is between two Spark operations when the
+    first interrupt comes must not go on to its write: the interrupt repeats."""
+    current: dict[str, threading.Event | None] = {"operation": None}
+    in_gap = threading.Event()
+    written: list[str] = []
+
+    def operation() -> None:  # a Spark operation: runs until done or interrupted
+        interrupted = threading.Event()
+        current["operation"] = interrupted
+        if interrupted.wait(timeout=3):
+            raise RuntimeError("interrupted")
+        current["operation"] = None
+
+    def work(item: str) -> str:
+        if item == "slow":
+            in_gap.set()  # after its read, before its write: no operation running
+            time.sleep(0.5)
+            operation()  # the write
+            written.append(item)
+        return item
+
+    def interrupt() -> None:
+        running = current["operation"]
+        if running is not None:
+            running.set()
+
+    pack = run_pack(["quick", "slow"], work, 2, on_abandon=interrupt)
+    assert next(pack).item == "quick"
+    assert in_gap.wait(timeout=5)
+    pack.close()  # the run is cancelled while "slow" is in its gap
+    assert written == []
