@@ -16,6 +16,8 @@ No Dagster import.
 
 from __future__ import annotations
 
+import re
+import shutil
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from pyspark.sql import SparkSession
 from fanout_dagster.tables import quote
 
 DELTA_LOG = "_delta_log"
+# A version's commit or checkpoint in `_delta_log`: 00000000000000000000.json, ...
+COMMIT_FILE = re.compile(r"^\d{20}\.(json|checkpoint.*\.parquet)$")
 
 
 def delta_package() -> str:
@@ -70,11 +74,28 @@ def warehouse_dir(spark: SparkSession) -> Path:
     return local_path(str(spark.conf.get("spark.sql.warehouse.dir")))
 
 
+def has_commits(location: Path) -> bool:
+    """Whether a Delta folder holds a committed version (a first write killed or
+    cancelled leaves data files and an empty `_delta_log`, and no table)."""
+    log = location / DELTA_LOG
+    return log.is_dir() and any(
+        COMMIT_FILE.match(entry.name) for entry in log.iterdir() if entry.is_file()
+    )
+
+
 def register_table(spark: SparkSession, full_name: str) -> None:
-    """Make a table another Spark process created known to this one's catalog."""
+    """Make a table another Spark process created known to this one's catalog.
+
+    The folder of a first write that never committed is cleared: it is no
+    table, and Spark would refuse to create the table over it. (Called for the
+    object about to be written; one run per object at a time.)
+    """
     if spark.catalog.tableExists(full_name):
         return
     location = table_location(warehouse_dir(spark), full_name)
+    if (location / DELTA_LOG).is_dir() and not has_commits(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
     if (location / DELTA_LOG).is_dir():
         schema = full_name.rsplit(".", 1)[0]
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
@@ -87,6 +108,8 @@ def register_tables(spark: SparkSession) -> list[str]:
     warehouse = warehouse_dir(spark)
     names = []
     for log in sorted(warehouse.glob(f"*.db/*/{DELTA_LOG}")):
+        if not has_commits(log.parent):
+            continue  # a first write in progress, or one that never committed
         schema = log.parent.parent.name.removesuffix(".db")
         name = f"{schema}.{log.parent.name}"
         register_table(spark, name)

@@ -15,9 +15,16 @@ import pytest
 from pyspark.sql import functions as F
 
 from fanout_dagster.ingest import AUDIT_COLUMNS, ingest_object
-from fanout_dagster.local_spark import delta_package, table_location, warehouse_dir
+from fanout_dagster.local_spark import (
+    delta_package,
+    has_commits,
+    register_table,
+    register_tables,
+    table_location,
+    warehouse_dir,
+)
 from fanout_dagster.packing import run_pack
-from fanout_dagster.tables import FileState, LoadRejected, commit_tag, quote
+from fanout_dagster.tables import BronzeTableWriter, FileState, LoadRejected, commit_tag, quote
 from fanout_dagster_tests.helpers import child_env, sample_object, spark_source_count
 
 
@@ -225,3 +232,24 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_and_the_next_run_
 def test_commit_tags_name_the_run_and_the_object():
     tag = commit_tag("run-1", "erp-orders")
     assert tag == '{"dagster_run_id": "run-1", "partition_key": "erp-orders"}'
+
+
+def test_a_first_write_that_never_committed_is_no_table_and_the_next_write_creates_it(spark):
+    """A new table's first write killed or cancelled mid-way leaves data files and
+    an empty `_delta_log`: no Spark process registers it, and the object's next
+    load clears it and creates the table."""
+    schema = f"orphans_{os.getpid()}_{int(time.time() * 1000)}"
+    location = table_location(warehouse_dir(spark), f"{schema}.t")
+    (location / "_delta_log" / "_staged_commits").mkdir(parents=True)
+    (location / "part-00000-orphan.snappy.parquet").write_bytes(b"never committed")
+    assert not has_commits(location)
+    assert f"{schema}.t" not in register_tables(spark)
+    assert not spark.catalog.tableExists(f"{schema}.t")
+
+    writer = BronzeTableWriter(spark, schema, prepare_table=register_table)
+    df = spark.range(3).withColumnRenamed("id", "x")
+    commit = writer.overwrite(df, table="t", mode="addNewColumns", allow_empty=False, tag="t-1")
+    assert commit.version == 0 and commit.rows_written == 3
+    assert spark.table(f"{schema}.t").count() == 3
+    assert has_commits(location)
+    assert not (location / "part-00000-orphan.snappy.parquet").exists()

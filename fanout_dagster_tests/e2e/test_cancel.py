@@ -14,6 +14,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
+from fanout_dagster.local_spark import has_commits
 from fanout_dagster.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     dagster_daemon,
@@ -119,9 +120,11 @@ def test_terminating_a_local_run_interrupts_its_spark_work_and_skips_the_rest_of
     # Nothing of the pack was loaded: the big object was interrupted, the small
     # ones never started.
     assert instance.get_materialized_partitions(BRONZE) == set()
+    # (The big object's interrupted first write may leave data files and an
+    # empty _delta_log: no version, no table; its next load clears them.)
     for key in [big, *SMALL]:
         table = key.replace("-", "_")
-        assert not (project.process_table(table) / "_delta_log").exists(), key
+        assert not has_commits(project.process_table(table)), key
     # On the server: the run's jobs ended (cancelled), none is still running.
     mine = [j for j in server_jobs(server) if any(run_tag in t for t in j.get("jobTags", []))]
     assert mine and all(j["status"] != "RUNNING" for j in mine), mine
