@@ -40,11 +40,11 @@ check-java:
 # and dagster dev beside it; Ctrl-C stops both. dagster dev reads ./dagster.yaml
 # (run queue limits) and keeps its state in a temporary .tmp_dagster_home_* here.
 dev: $(STAMP) check-java
-	$(PY) -m fanout_dagster.spark_connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
+	$(PY) -m fanout_dagster.local_spark.connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
 
 # The Spark Connect server alone (for `dagster dev` started by hand, or a shell).
 spark-server: $(STAMP) check-java
-	$(PY) -m fanout_dagster.spark_connect_server
+	$(PY) -m fanout_dagster.local_spark.connect_server
 
 # A PySpark shell on the running server: spark.table("bronze.erp_customers").
 spark-shell: $(STAMP)

@@ -702,7 +702,7 @@ class Bench:
         )
 
     def dev_loop_section(self) -> None:
-        from fanout_dagster.objects import load_objects
+        from fanout_dagster.core.objects import load_objects
 
         configs, data = REPO_ROOT / "configs", REPO_ROOT / "data"
         n = len(load_objects(str(configs)).objects)

@@ -31,7 +31,7 @@ def unavailable_reason() -> str | None:
     except Exception as exc:  # not written yet, or broken mid-edit
         return f"Databricks emulator not available ({type(exc).__name__}: {exc})"
     try:
-        from fanout_dagster.resources.databricks import databricks_target_resources  # noqa: F401
+        from fanout_dagster.databricks.step_launcher import databricks_target_resources  # noqa: F401
     except Exception as exc:
         return f"databricks target not available ({type(exc).__name__}: {exc})"
     return None

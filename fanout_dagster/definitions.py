@@ -6,7 +6,7 @@ The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
   (`FANOUT_SPARK=embedded`); bronze Delta tables `bronze.<table>` under
   warehouse/; no credentials;
 - `databricks`: each step's objects load in a Databricks run, by one of two
-  launch modes (`FANOUT_DATABRICKS_LAUNCH`, resources/databricks.py): the
+  launch modes (`FANOUT_DATABRICKS_LAUNCH`, databricks/step_launcher.py): the
   dagster-databricks step launcher (the whole step on the cluster, staged on
   DBFS) or Dagster Pipes (a job run on a cluster or serverless compute,
   staged on a Unity Catalog volume, objects reported back as they finish).
@@ -18,12 +18,16 @@ from typing import Any
 
 from dagster import Definitions, ResourceDefinition, in_process_executor
 
-from fanout_dagster.assets.bronze import build_bronze_asset
-from fanout_dagster.resources.bronze_tables import BronzeTables
-from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.resources.object_loader import LocalObjectLoader
-from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource, SparkResource
-from fanout_dagster.sensors import build_object_sensor
+from fanout_dagster.orchestration.bronze import build_bronze_asset
+from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
+from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
+from fanout_dagster.orchestration.resources.object_loader import LocalObjectLoader
+from fanout_dagster.orchestration.resources.spark import (
+    LocalSparkResource,
+    SparkConnectResource,
+    SparkResource,
+)
+from fanout_dagster.orchestration.sensor import build_object_sensor
 from fanout_dagster.settings import Settings
 
 
@@ -52,7 +56,7 @@ def local_resources(settings: Settings) -> dict[str, Any]:
 
 
 def databricks_resources(settings: Settings) -> dict[str, Any]:
-    from fanout_dagster.resources.databricks import databricks_target_resources
+    from fanout_dagster.databricks.step_launcher import databricks_target_resources
 
     return databricks_target_resources(settings)
 

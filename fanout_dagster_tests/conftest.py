@@ -13,8 +13,8 @@ import pytest
 from dagster import instance_for_test
 from pyspark.sql import SparkSession
 
-from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource
-from fanout_dagster.spark_connect_server import ServerConfig, running_server
+from fanout_dagster.local_spark.connect_server import ServerConfig, running_server
+from fanout_dagster.orchestration.resources.spark import LocalSparkResource, SparkConnectResource
 from fanout_dagster_tests.helpers import (
     CONNECT_MODE_FLAG,
     SAMPLE_CONFIGS,

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
-from fanout_dagster.local_spark import has_commits
-from fanout_dagster.tags import OBJECTS_TAG
+from fanout_dagster.local_spark.catalog import has_commits
+from fanout_dagster.orchestration.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     dagster_daemon,
     describe_runs,

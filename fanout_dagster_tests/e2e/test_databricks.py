@@ -14,8 +14,8 @@ import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from databricks_emulator import run_emulator
-from fanout_dagster.objects import load_objects
-from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.tags import CLUSTER_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     dagster_daemon,

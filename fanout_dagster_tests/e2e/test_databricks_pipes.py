@@ -22,8 +22,8 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     describe_runs,

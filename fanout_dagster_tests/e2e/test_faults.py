@@ -30,9 +30,9 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     dagster_daemon,
@@ -120,7 +120,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
     """
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from fanout_dagster.placement import record_clusters
+    from fanout_dagster.orchestration.placement import record_clusters
     from fanout_dagster_tests.e2e.test_packed_backfill import wait_backfill
     from fanout_dagster_tests.e2e.webserver import (
         backfill_status,

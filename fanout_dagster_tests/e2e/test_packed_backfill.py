@@ -27,10 +27,10 @@ from dagster import (
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import record_clusters
-from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.placement import record_clusters
+from fanout_dagster.orchestration.tags import CLUSTER_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     assert_packed,
     backfill_runs,

@@ -1,0 +1,178 @@
+"""One run per object at a time: the run queue (Dagster's queue daemon, with the
+repo's run coordinator on a real instance) holds a run that shares an object
+with a run in progress, or with a run launched ahead of it in the same pass,
+whatever launched them; on SQLite and on PostgreSQL storage. The end-to-end
+version is e2e/test_run_queue.py."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from dagster import DagsterEvent, DagsterEventType, Definitions, instance_for_test
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.tags import BACKFILL_ID_TAG
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+    QueuedRunCoordinatorDaemon,
+)
+
+from fanout_dagster.orchestration.bronze import build_bronze_asset
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.placement import Placement, record_placements
+from fanout_dagster.orchestration.tags import (
+    CLUSTER_TAG,
+    OBJECT_LOCK_TAG_PREFIX,
+    OBJECTS_TAG,
+    RETRIES_TAG,
+    RETRY_STRATEGY_TAG,
+)
+from fanout_dagster.single_host.run_coordinator import ClusterTaggingRunCoordinator
+from fanout_dagster_tests.helpers import REPO_ROOT
+from fanout_dagster_tests.orchestration.test_bronze import make_run, range_tags, without_workspace
+from fanout_dagster_tests.postgres import STORAGES, storage_overrides
+
+KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]  # A B C D
+
+
+def repo_queue(max_runs: int = 4, default_limit: int = 4) -> dict:
+    """The repo's run coordinator config, with limits loose enough that only objects bind."""
+    settings = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    coordinator = settings["run_coordinator"]
+    coordinator["config"]["max_concurrent_runs"] = max_runs
+    coordinator["config"]["tag_concurrency_limits"] = [
+        {"key": CLUSTER_TAG, "value": "default", "limit": default_limit}
+    ]
+    return {"run_coordinator": coordinator}
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request) -> str:
+    """The queue's tests run on both storages (the queue daemon's query is the storage's)."""
+    return request.param
+
+
+@pytest.fixture
+def queue_instance(dagster_storage):
+    overrides = {**repo_queue(), **storage_overrides(dagster_storage)}
+    with instance_for_test(overrides=overrides) as instance:
+        instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, KEYS)
+        yield instance
+
+
+@pytest.fixture
+def bronze_job(project, spark_resource):
+    return Definitions(
+        assets=[build_bronze_asset()], resources=project.resources(spark_resource)
+    ).resolve_implicit_global_asset_job_def()
+
+
+def submit(instance, job, tags):
+    run = make_run(instance, job, tags)
+    instance.run_coordinator.submit_run(without_workspace(run))
+    return instance.get_run_by_id(run.run_id)
+
+
+def sensor_pack(instance, job, keys):
+    """A run as the sensor requests it: a range with its cluster and objects."""
+    tags = {**range_tags(keys[0], keys[-1]), CLUSTER_TAG: "default", OBJECTS_TAG: ",".join(keys)}
+    return submit(instance, job, tags)
+
+
+def ui_backfill_pack(instance, job, start, end):
+    """A run as a UI backfill creates it: partition range tags only."""
+    return submit(instance, job, {**range_tags(start, end), BACKFILL_ID_TAG: "abcdefgh"})
+
+
+def report(instance, run, event_type):
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=event_type.value, job_name=run.job_name), run_id=run.run_id
+    )
+
+
+def dequeue_pass(instance) -> list[str]:
+    """The runs the queue daemon would launch now (its own selection, limits included)."""
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    runs = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), None)
+    return [run.run_id for run in runs]
+
+
+def test_every_bronze_run_gets_a_lock_tag_per_object(queue_instance, bronze_job):
+    backfill = ui_backfill_pack(queue_instance, bronze_job, "erp-products", "erp-stores")
+    assert backfill.status == DagsterRunStatus.QUEUED
+    locks = {k: v for k, v in backfill.tags.items() if k.startswith(OBJECT_LOCK_TAG_PREFIX)}
+    assert locks == {
+        OBJECT_LOCK_TAG_PREFIX + "erp-products": "1",
+        OBJECT_LOCK_TAG_PREFIX + "erp-stores": "1",
+    }
+    assert backfill.tags[OBJECTS_TAG] == "erp-products,erp-stores"
+    limits = queue_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert [lim for lim in limits if lim["key"].startswith(OBJECT_LOCK_TAG_PREFIX)] == [
+        {"key": OBJECT_LOCK_TAG_PREFIX + key, "limit": 1} for key in KEYS
+    ]
+    # A partition added later gets its limit at the next look (the list is cached).
+    queue_instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["hr-people"])
+    limits = queue_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert {"key": OBJECT_LOCK_TAG_PREFIX + "hr-people", "limit": 1} in limits
+
+
+def test_a_backfill_pack_waits_for_overlapping_sensor_runs(queue_instance, bronze_job):
+    ab = sensor_pack(queue_instance, bronze_job, KEYS[:2])
+    cd = sensor_pack(queue_instance, bronze_job, KEYS[2:])
+    bc = ui_backfill_pack(queue_instance, bronze_job, KEYS[1], KEYS[2])  # shares B and C
+
+    # One pass: the sensor's packs go (nothing shared between them); the
+    # backfill pack is held by the packs launched ahead of it, though 4 runs
+    # may run and the cluster allows 4.
+    assert dequeue_pass(queue_instance) == [ab.run_id, cd.run_id]
+    for run in (ab, cd):
+        report(queue_instance, run, DagsterEventType.RUN_START)
+    assert dequeue_pass(queue_instance) == []
+    # A-B ends: C is still in the C-D run.
+    report(queue_instance, ab, DagsterEventType.RUN_SUCCESS)
+    assert dequeue_pass(queue_instance) == []
+    report(queue_instance, cd, DagsterEventType.RUN_FAILURE)
+    assert dequeue_pass(queue_instance) == [bc.run_id]
+
+    # And the other way round: a sensor run waits for the backfill pack in progress.
+    report(queue_instance, bc, DagsterEventType.RUN_START)
+    c_alone = sensor_pack(queue_instance, bronze_job, ["erp-stores"])
+    d_alone = sensor_pack(queue_instance, bronze_job, ["erp-suppliers"])
+    assert dequeue_pass(queue_instance) == [d_alone.run_id]
+    report(queue_instance, bc, DagsterEventType.RUN_SUCCESS)
+    assert c_alone.run_id in dequeue_pass(queue_instance)
+
+
+def test_backfill_runs_get_retry_tags_from_the_objects_retries(queue_instance, bronze_job):
+    record_placements(
+        queue_instance,
+        {
+            "erp-customers": Placement("default", 2),
+            "erp-products": Placement("default", None),
+            "erp-stores": Placement("default", None),
+            "erp-suppliers": Placement("default", 0),
+        },
+    )
+    retried = ui_backfill_pack(queue_instance, bronze_job, "erp-customers", "erp-products")
+    assert (retried.tags[RETRIES_TAG], retried.tags[RETRY_STRATEGY_TAG]) == ("2", "ALL_STEPS")
+    # No object declares retries: the deployment's run_retries apply (no tag).
+    plain = ui_backfill_pack(queue_instance, bronze_job, "erp-stores", "erp-stores")
+    assert RETRIES_TAG not in plain.tags
+    zero = ui_backfill_pack(queue_instance, bronze_job, "erp-suppliers", "erp-suppliers")
+    assert zero.tags[RETRIES_TAG] == "0"
+
+
+def test_tag_limits_under_concurrency_runs_are_refused():
+    overrides = {
+        **repo_queue(),
+        "concurrency": {
+            "runs": {"tag_concurrency_limits": [{"key": CLUSTER_TAG, "value": "x", "limit": 1}]}
+        },
+    }
+    with (
+        instance_for_test(overrides=overrides) as instance,
+        pytest.raises(DagsterInvalidConfigError, match="run_coordinator: config"),
+    ):
+        instance.run_coordinator  # noqa: B018 - loading it is the check
+    coordinator = ClusterTaggingRunCoordinator()
+    with instance_for_test() as instance:
+        coordinator.register_instance(instance)  # no such limits: fine
