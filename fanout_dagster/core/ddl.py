@@ -10,12 +10,19 @@ Grammar (case-insensitive keywords and types):
     columns := column (',' column)*
     column  := name type [NOT NULL] [COMMENT 'text']
     name    := identifier | `any text` (a doubled backtick stands for one)
-    type    := string | varchar(n) | char(n) | boolean
+    type    := string [COLLATE name] | boolean
              | tinyint | byte | smallint | short | int | integer | bigint | long
              | float | real | double | decimal[(p[,s])] | dec[...] | numeric[...]
-             | date | timestamp | timestamp_ntz | timestamp_ltz | binary
+             | date | timestamp | timestamp_ntz | timestamp_ltz | binary | variant
+             | interval unit [to unit]
              | array<type> | map<type, type> | struct<field, ...>
     field   := name [':'] type [NOT NULL] [COMMENT 'text']
+
+`char(n)` and `varchar(n)` are refused with the reason: Spark 4.1 refuses them
+in a reader's schema (UNSUPPORTED_CHAR_OR_VARCHAR_AS_STRING), so every run would
+fail. This parser checks early; Spark's own parser has the last word when the
+schema reaches the reader, and a schema it refuses fails that object only,
+naming the field (ingest.py).
 
 Types come back in Spark's own spelling (`DataType.simpleString`: `int`,
 `bigint`, `decimal(10,2)`, `array<string>`, `struct<a:int,b:string>`), so they
@@ -51,9 +58,13 @@ _PRIMITIVES = {
     "timestamp_ltz": "timestamp",
     "timestamp_ntz": "timestamp_ntz",
     "binary": "binary",
+    "variant": "variant",
 }
 _DECIMALS = ("decimal", "dec", "numeric")
 _SIZED = ("varchar", "char")
+# Spark's interval fields: day-time (day, hour, minute, second) and year-month.
+_INTERVAL_UNITS = ("year", "month", "day", "hour", "minute", "second")
+_YEAR_MONTH = ("year", "month")
 _COMPLEX = ("array", "map", "struct")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -89,9 +100,13 @@ class _Token(NamedTuple):
     pos: int
 
 
-def parse_ddl(text: str) -> list[Column]:
-    """The columns of a DDL column list, in order; DdlError when it is not valid."""
-    return _Parser(text).columns()
+def parse_ddl(text: str, *, metadata: bool = True) -> list[Column]:
+    """The columns of a DDL column list, in order; DdlError when it is not valid.
+
+    With metadata=False, NOT NULL and COMMENT are left out at every level (struct
+    fields too): what remains is the data's shape, names and types.
+    """
+    return _Parser(text, metadata=metadata).columns()
 
 
 def columns_and_types(text: str) -> list[tuple[str, str]]:
@@ -149,11 +164,12 @@ def _unescape(body: str) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, metadata: bool = True) -> None:
         if not isinstance(text, str):
             raise DdlError(f"must be a string, got {type(text).__name__}")
         self.tokens = _tokenize(text)
         self.i = 0
+        self.metadata = metadata
 
     # ------------------------------------------------------------------ tokens
 
@@ -228,6 +244,8 @@ class _Parser:
                     f"got {self._shown(self.token)}"
                 )
             comment = self.advance().value
+        if not self.metadata:
+            return Column(name, data_type)
         return Column(name, data_type, nullable, comment)
 
     def name(self, context: str | None) -> str:
@@ -250,19 +268,27 @@ class _Parser:
             raise DdlError(f"expected a type for column {path!r}, got {self._shown(token)}")
         word = token.text.lower()
         self.advance()
+        if word == "string" and self.at_keyword("collate"):
+            self.advance()
+            collation = self.token
+            if collation.kind != "word":
+                raise DdlError(
+                    f"expected a collation name after COLLATE in column {path!r}, "
+                    f"got {self._shown(collation)}"
+                )
+            self.advance()
+            return f"string collate {collation.text}"
         if word in _PRIMITIVES:
             return _PRIMITIVES[word]
+        if word == "interval":
+            return self.interval(path)
         if word in _DECIMALS:
             return self.decimal(path)
         if word in _SIZED:
-            if not self.at_punct("("):
-                raise DdlError(f"{word} needs a length for column {path!r}, e.g. {word}(20)")
-            self.advance()
-            length = self.number(f"as the length of {word} in column {path!r}")
-            if length < 1:
-                raise DdlError(f"{word} length must be at least 1 in column {path!r}")
-            self.expect_punct(")", f"after the length of {word} in column {path!r}")
-            return f"{word}({length})"
+            raise DdlError(
+                f"{word} in column {path!r}: Spark reads no {word.upper()}(n) column from "
+                "files (UNSUPPORTED_CHAR_OR_VARCHAR_AS_STRING); use STRING"
+            )
         if word == "array":
             self.expect_punct("<", f"after array in column {path!r}")
             element = self.data_type(path)
@@ -287,6 +313,30 @@ class _Parser:
             _reject_duplicates(fields, "field", path)
             return "struct<" + ",".join(_column_ddl(f, top_level=False) for f in fields) + ">"
         raise DdlError(f"unknown type {token.text!r} for column {path!r}")
+
+    def interval(self, path: str) -> str:
+        units = [self.interval_unit(path)]
+        if self.at_keyword("to"):
+            self.advance()
+            units.append(self.interval_unit(path))
+            start, end = (_INTERVAL_UNITS.index(unit) for unit in units)
+            if end <= start or (units[0] in _YEAR_MONTH) != (units[1] in _YEAR_MONTH):
+                raise DdlError(
+                    f"interval {units[0]} to {units[1]} is not a Spark interval in column "
+                    f"{path!r} (year to month, or day/hour/minute to a smaller unit)"
+                )
+        return "interval " + " to ".join(units)
+
+    def interval_unit(self, path: str) -> str:
+        token = self.token
+        unit = token.text.lower() if token.kind == "word" else ""
+        if unit not in _INTERVAL_UNITS:
+            raise DdlError(
+                f"expected an interval unit ({', '.join(_INTERVAL_UNITS)}) in column {path!r}, "
+                f"got {self._shown(token)}"
+            )
+        self.advance()
+        return unit
 
     def decimal(self, path: str) -> str:
         precision, scale = 10, 0  # Spark's defaults for a bare DECIMAL

@@ -342,11 +342,13 @@ def ingest_object(
 
     done = writer.ingested_files(table)
     # Rows of another source definition: the table starts over from this source.
-    reload = any(state.source_hash != obj.source_hash for state in done.values())
+    accepted = obj.accepted_source_hashes
+    reload = any(state.source_hash not in accepted for state in done.values())
+    # Otherwise a file is read again only when it changed (size or time).
     todo = [
         f
         for f in files
-        if reload or done.get(f.load_id) != FileState(f.size, f.modified_ms, obj.source_hash)
+        if reload or not _unchanged(done.get(f.load_id), f.size, f.modified_ms, accepted)
     ]
     new_rows = audited(todo) if todo else None
     load_ids = tuple(f.load_id for f in todo)
@@ -401,4 +403,14 @@ def _result(
         load_ids=load_ids,
         reloaded=reloaded,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _unchanged(
+    state: FileState | None, size: int, modified_ms: int, hashes: frozenset[str]
+) -> bool:
+    return (
+        state is not None
+        and (state.size, state.modified_ms) == (size, modified_ms)
+        and (state.source_hash in hashes)
     )

@@ -496,3 +496,29 @@ def test_a_read_that_fails_half_way_keeps_the_previous_version_and_a_retry_heals
         == read_table(spark, project, obj).count()
         == spark_source_count(spark, obj, files)
     )
+
+
+PAYMENTS_SCHEMA = (
+    "payment_id BIGINT, invoice_id BIGINT, payment_ts TIMESTAMP, payment_date DATE, "
+    "amount DECIMAL(12,2), currency STRING, method STRING, provider_reference STRING, "
+    "is_refund BOOLEAN"
+)
+
+
+def test_a_comment_or_not_null_edit_of_the_schema_reloads_nothing(spark, project, writer):
+    base = sample_object(project.configs, "erp-payments")
+    obj = with_target(with_source(base, schema=PAYMENTS_SCHEMA), schema_evolution_mode="none")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    gone = project.data / "erp" / "payments" / "payments_2026-01.csv"
+    gone_rows = spark_source_count(spark, obj, [str(gone.resolve())])
+    gone.unlink()
+    commented = PAYMENTS_SCHEMA.replace(
+        "payment_id BIGINT", "payment_id BIGINT NOT NULL COMMENT 'the payment'"
+    )
+    edited = with_source(obj, schema=commented)
+    assert edited.config_hash != obj.config_hash  # a run is requested for the edit...
+    second = ingest(spark, project, writer, edited, run_id="run-2")
+    # ...which reads nothing again, and keeps the rows of the file that left the source.
+    assert not second.reloaded and second.files_read == 0
+    assert rows_per_file(spark, project, obj)[str(gone.resolve())] == gone_rows
+    assert second.rows == first.rows

@@ -369,6 +369,34 @@ BAD_FIELDS = [
     ("format-table", _set("source.format", "table"), "source.format", "source.table"),
     ("missing-format", lambda o: o["source"].pop("format"), "source.format", "missing required"),
     ("config-file-key", _set("config_file", "x.yaml"), "config_file", "unknown field"),
+    # Reader options that point Spark at another location than source.path.
+    ("option-path", _set("source.options.path", "/etc"), "source.options.path", "location"),
+    ("option-paths", _set("source.options.paths", '["/etc"]'), "source.options.paths", "location"),
+    ("option-PATH", _set("source.options.PATH", "x"), "source.options.PATH", "location"),
+    (
+        "option-basePath",
+        _set("source.options.basePath", "/"),
+        "source.options.basePath",
+        "location",
+    ),
+    (
+        "option-badRecordsPath",
+        _set("source.options.badRecordsPath", "/tmp/bad"),
+        "source.options.badRecordsPath",
+        "another location",
+    ),
+    (
+        "option-checkpointLocation",
+        _set("source.options.checkpointLocation", "/tmp/c"),
+        "source.options.checkpointLocation",
+        "another location",
+    ),
+    (
+        "option-same-in-other-case",
+        _set("source.options.HEADER", False),
+        "source.options.HEADER",
+        "same option as 'header'",
+    ),
 ]
 
 
@@ -1004,3 +1032,46 @@ def test_every_sample_config_is_valid_against_the_schema():
         # ... and the loader accepts the file too.
         objects, problems = parse_config_file(path)
         assert objects and not problems, (path.name, problems)
+
+
+def test_other_reader_options_pass_through(tmp_path):
+    options = {"header": True, "sep": ";", "pathGlobFilter": "*.csv", "recursiveFileLookup": True}
+    write(
+        tmp_path, "ok.yaml", good_object(source={"format": "csv", "path": "a", "options": options})
+    )
+    load = load_objects(tmp_path)
+    assert load.errors == ()
+    assert load.objects[0].source.options == options
+
+
+def test_a_location_option_in_the_file_defaults_is_refused(tmp_path):
+    write(
+        tmp_path,
+        "d.yaml",
+        {"defaults": {"source": {"options": {"path": "/etc"}}}, "objects": [good_object()]},
+    )
+    load = load_objects(tmp_path)
+    assert load.objects == ()
+    assert {e.field for e in load.errors} == {"defaults.source.options.path", "objects"}
+
+
+def test_the_source_hash_is_the_data_shape_of_the_schema(tmp_path):
+    def with_schema(schema: str):
+        obj = good_object(source={"format": "csv", "path": "a", "schema": schema})
+        obj["target"]["schema_evolution_mode"] = "none"
+        write(tmp_path, "x.yaml", obj)
+        clear_parse_cache()
+        (loaded,) = load_objects(tmp_path).objects
+        return loaded
+
+    plain = with_schema("id INT, tags STRUCT<a: INT, b: STRING>")
+    annotated = with_schema(
+        "id INT NOT NULL COMMENT 'key', tags STRUCT<a: INT NOT NULL COMMENT 'x', b: STRING>"
+    )
+    retyped = with_schema("id BIGINT, tags STRUCT<a: INT, b: STRING>")
+    assert annotated.source_hash == plain.source_hash
+    assert annotated.config_hash != plain.config_hash
+    assert retyped.source_hash != plain.source_hash
+    # Rows an earlier release loaded carry the hash with comments and NOT NULL in it.
+    assert len(annotated.accepted_source_hashes) == 2
+    assert plain.accepted_source_hashes == {plain.source_hash}

@@ -104,7 +104,11 @@ def fail(message: str) -> NoReturn:
 
 
 def type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "dict"  # also the loader's own mapping type (yaml_reader.ConfigMapping)
+    return type(value).__name__
 
 
 # --------------------------------------------------------------------------- cross-field checks

@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from fanout_dagster.core.ddl import DdlError, parse_ddl
 from fanout_dagster.core.objects.errors import fail, type_name
@@ -188,6 +189,46 @@ def _option_value(value: Any) -> Any:
     fail(f"must be a string, number or boolean, got {type_name(value)}")
 
 
+# Reader options Spark takes as a location: `path` / `paths` replace or add to
+# the files a reader loads, `basePath` moves partition discovery, and
+# `badRecordsPath` / `checkpointLocation` make Spark write there. Any of them
+# would read or write outside the checked source.path, so none is passed on;
+# nor is any option named like one (`...path`, `...location`), whatever its case
+# (Spark's option names are case-insensitive).
+_LOCATION_SUFFIXES = ("path", "paths", "location", "locations")
+
+
+def _reader_options(options: dict[str, Any]) -> dict[str, Any]:
+    problems: list[tuple[tuple[str], str]] = []
+    seen: dict[str, str] = {}
+    for key in options:
+        folded = key.lower()
+        if folded.endswith(_LOCATION_SUFFIXES):
+            problems.append(
+                (
+                    (key,),
+                    f"{key!r} would make Spark read or write another location than "
+                    "source.path; the files to read are source.path (relative to the "
+                    "data root), so location options are not allowed",
+                )
+            )
+        elif folded in seen:
+            problems.append(
+                (
+                    (key,),
+                    f"{key!r} is the same option as {seen[folded]!r} (Spark's option names "
+                    "are case-insensitive): keep one",
+                )
+            )
+        seen.setdefault(folded, key)
+    if problems:
+        details = "; ".join(f"{loc[0]}: {message}" for loc, message in problems)
+        raise PydanticCustomError(
+            "problems", "{details}", {"details": details, "problems": tuple(problems)}
+        )
+    return options
+
+
 def _none_as_empty(value: Any) -> Any:
     return {} if value is None else value
 
@@ -243,9 +284,14 @@ Options = Annotated[
         ],
     ],
     BeforeValidator(_none_as_empty),
+    AfterValidator(_reader_options),
     WithJsonSchema(
         {
             "type": ["object", "null"],
+            # A hint for editors (JSON Schema regexes have no case-insensitive flag).
+            "propertyNames": {
+                "pattern": "^(?![\\s\\S]*([Pp][Aa][Tt][Hh][Ss]?|[Ll][Oo][Cc][Aa][Tt][Ii][Oo][Nn][Ss]?)$)"
+            },
             "additionalProperties": {"type": ["string", "number", "boolean"]},
         }
     ),

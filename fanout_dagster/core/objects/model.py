@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -365,16 +365,28 @@ class ObjectConfig(_Model):
 
     @property
     def source_hash(self) -> str:
-        """Hash of what defines which rows are read: format, path, options, schema,
-        schema hints, table. An append table starts over when it changes."""
+        """Hash of what defines which rows are read: format, path, options, the
+        schema's and schema hints' column names and types, table. An append table
+        starts over when it changes; a comment or NOT NULL edit changes no row
+        (file readers make every column nullable), so it changes nothing here."""
+        return self._source_hash(_data_shape)
+
+    @property
+    def accepted_source_hashes(self) -> frozenset[str]:
+        """The source hashes rows loaded under this same source may carry: today's,
+        and the form before comments and NOT NULL were left out (rows loaded by
+        an earlier release must not trigger a reload of an append table)."""
+        return frozenset((self.source_hash, self._source_hash(_canonical_ddl)))
+
+    def _source_hash(self, schema_text: Callable[[str | None], str | None]) -> str:
         source = self.source
         return _content_hash(
             {
                 "format": source.format,
                 "path": source.path,
                 "options": dict(sorted(source.options.items())),
-                "schema": _canonical_ddl(source.schema),
-                "schema_hints": _canonical_ddl(source.schema_hints),
+                "schema": schema_text(source.schema),
+                "schema_hints": schema_text(source.schema_hints),
                 "table": source.table,
             }
         )
@@ -394,6 +406,12 @@ def _canonical_ddl(text: str | None) -> str | None:
     # Same columns and types, same text: reformatting a schema changes no hash.
     # Cached: the sensor hashes every object on every tick.
     return None if text is None else to_ddl(parse_ddl(text))
+
+
+@lru_cache(maxsize=65536)
+def _data_shape(text: str | None) -> str | None:
+    # Column names and types only: what decides the rows a reader returns.
+    return None if text is None else to_ddl(parse_ddl(text, metadata=False))
 
 
 def _columns(text: str) -> list[tuple[str, str]]:
