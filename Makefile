@@ -59,11 +59,13 @@ test-fast: $(STAMP) check-java
 test-slow: $(STAMP) check-java
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-# ruff (lint rules + the formatter's check) and mypy, configured in pyproject.toml.
+# ruff (lint rules + the formatter's check), mypy, and the package's architecture
+# (import-linter: which room may import which), configured in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
