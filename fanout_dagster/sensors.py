@@ -22,9 +22,13 @@ What an object "settled on" is what ran: when a run created after the sensor's
 request loads the object (its materialization carries the config hash it
 loaded, which is the newest valid config when the run started), that hash is
 recorded, not the one requested. Run keys are key + generation + hash for
-config changes (the generation counts the object's config changes, so a
-config changed A -> B -> A runs again: Dagster skips run keys a sensor has
-used before), key + cron tick for schedules, key + listing for files.
+config changes, key + cron tick for schedules, key + listing + tick for files.
+Dagster skips run keys a sensor has used before, so a key must never come
+back for a new reason to run: the generation grows with every config change
+(A -> B -> A runs again), and an object without state (new, or added back
+after its state was pruned: A -> removed -> A) starts at the tick's number,
+above any generation it had (tick numbers never go back: object_state.py).
+A tick redone after a crash has the same number and makes the same keys.
 
 Per-object state lives in the instance's key-value store (object_state.py),
 one entry per object, read in one query a tick and written only for objects
@@ -172,7 +176,6 @@ def evaluate(
     errors: list[ConfigError] = list(load.errors)
     instance = context.instance
     cursor = SensorCursor.parse(context.cursor)
-    tick = cursor.tick + 1
 
     existing = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
     # New partitions go in grouped by cluster, so the contiguous ranges a
@@ -191,7 +194,8 @@ def evaluate(
 
     # Every partition's state (removed objects' too), in one query.
     store = ObjectStateStore(instance)
-    states = store.read(order, committed_tick=cursor.tick)
+    states = store.read(order, cursor_tick=cursor.tick)
+    tick = store.committed_tick + 1  # never a number an earlier tick used for other work
     previous = dict(states)
     changed: dict[str, ObjectState] = {}
     for key, legacy in cursor.legacy.items():  # a cursor of the first format
@@ -325,10 +329,18 @@ def _plan_object(
     tick: int,
 ) -> Planned | None:
     triggers = []
-    generation = state.generation if state else 0
-    if state is None or state.config_hash != config_hash(obj):
+    if state is None:
+        # New to the sensor, or back after a removal pruned its state: its run
+        # keys may have been used before, with any generation up to the last
+        # tick's number (a generation grows by at most one a tick), so it
+        # starts at this tick's.
         triggers.append(CONFIG)
-        generation += 1
+        generation = tick
+    else:
+        generation = state.generation
+        if state.config_hash != config_hash(obj):
+            triggers.append(CONFIG)
+            generation += 1
     if (
         state is not None
         and schedule_tick is not None

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance, Definitions, RunsFilter
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.scheduler.instigation import SensorInstigatorData
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
@@ -66,6 +67,19 @@ class SensorDaemon:
         assert ticks[0].error is None, ticks[0].error
         return [run for run in self.sensor_runs() if run.run_id not in before]
 
+    def reset_cursor(self) -> None:
+        """Clear the sensor's cursor, as `dagster sensor cursor --delete` (or the UI) does."""
+        state = self.instance.get_instigator_state(self._origin_id(), self._selector_id())
+        assert state is not None and isinstance(state.instigator_data, SensorInstigatorData)
+        self.instance.update_instigator_state(
+            state.with_data(state.instigator_data._replace(cursor=None))
+        )
+
+    def cursor(self) -> str | None:
+        state = self.instance.get_instigator_state(self._origin_id(), self._selector_id())
+        assert state is not None and isinstance(state.instigator_data, SensorInstigatorData)
+        return state.instigator_data.cursor
+
     def sensor_runs(self) -> list[DagsterRun]:
         """Every run this sensor created, oldest first."""
         runs = self.instance.get_runs(RunsFilter(tags={SENSOR_NAME_TAG: SENSOR}))
@@ -103,9 +117,7 @@ def sensor_daemon(
     monkeypatch.setenv("FANOUT_DATA_ROOT", str(project.data))
     monkeypatch.setenv("FANOUT_OBJECTS_PER_RUN", "1")
     origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(
-            module_name=__name__, attribute=daemon_definitions.__name__
-        ),
+        LoadableTargetOrigin(module_name=__name__, attribute=daemon_definitions.__name__),
         location_name="fanout_dagster",
     )
     with create_test_daemon_workspace_context(

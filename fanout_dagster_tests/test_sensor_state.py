@@ -249,7 +249,9 @@ def test_the_cursor_reports_no_config_folder_without_pruning(instance, project, 
 @pytest.fixture
 def queued_instance(dagster_storage):
     """An instance with the repo's run queue: the daemon's runs wait there (QUEUED)."""
-    with instance_for_test(overrides={**repo_queue(), **storage_overrides(dagster_storage)}) as inst:
+    with instance_for_test(
+        overrides={**repo_queue(), **storage_overrides(dagster_storage)}
+    ) as inst:
         yield inst
 
 
@@ -298,3 +300,27 @@ def test_a_revert_after_a_removal_runs(queued_instance, project, monkeypatch):
         assert partitions_of(daemon.tick()) == ["erp-stores"]  # A again: a change, a run
         assert daemon.tick() == []
         assert len(set(daemon.run_keys("erp-stores"))) == 3
+
+
+def test_resetting_the_cursor_reruns_nothing(queued_instance, project, monkeypatch):
+    keep_objects(project, ["erp-products", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    both = yaml.safe_load(objects_yaml.read_text())
+    objects_yaml.write_text(yaml.safe_dump(both[:1], sort_keys=False))
+    with sensor_daemon(queued_instance, project, monkeypatch) as daemon:
+        assert partitions_of(daemon.tick()) == ["erp-products"]
+        objects_yaml.write_text(yaml.safe_dump(both, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]  # new on a later tick
+        assert daemon.tick() == []
+
+        # The cursor cleared (`dagster sensor cursor --delete`, or by hand in the
+        # UI): the objects' state is in the store, nothing runs again...
+        daemon.reset_cursor()
+        assert daemon.tick() == []
+        assert daemon.tick() == []
+        # ...and a change after it still runs, once.
+        changed = yaml.safe_load(objects_yaml.read_text())
+        changed[1]["source"]["options"]["inferSchema"] = True
+        objects_yaml.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]
+        assert daemon.tick() == []
