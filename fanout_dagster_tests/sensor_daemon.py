@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance, Definitions, RunsFilter
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.remote_representation.external import RemoteSensor
 from dagster._core.scheduler.instigation import SensorInstigatorData
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
@@ -93,7 +94,7 @@ class SensorDaemon:
             if run.tags.get("dagster/partition") == partition
         ]
 
-    def _sensor(self):  # type: ignore[no-untyped-def]
+    def _sensor(self) -> RemoteSensor:
         context = self._workspace.create_request_context()
         [entry] = context.get_code_location_entries().values()
         assert entry.code_location is not None, entry.load_error
