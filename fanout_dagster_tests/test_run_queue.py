@@ -28,8 +28,9 @@ from fanout_dagster.tags import (
     RETRY_STRATEGY_TAG,
 )
 from fanout_dagster_tests.assets.test_bronze import make_run, range_tags, without_workspace
-from fanout_dagster_tests.helpers import REPO_ROOT
+from fanout_dagster_tests.helpers import REPO_ROOT, keep_objects
 from fanout_dagster_tests.postgres import STORAGES, storage_overrides
+from fanout_dagster_tests.sensor_daemon import sensor_daemon
 
 KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]  # A B C D
 
@@ -140,6 +141,36 @@ def test_a_backfill_pack_waits_for_overlapping_sensor_runs(queue_instance, bronz
     assert dequeue_pass(queue_instance) == [d_alone.run_id]
     report(queue_instance, bc, DagsterEventType.RUN_SUCCESS)
     assert c_alone.run_id in dequeue_pass(queue_instance)
+
+
+def test_a_renamed_object_waits_for_the_old_keys_run_on_its_table(
+    queue_instance, project, monkeypatch
+):
+    """Two runs that write one bronze table never run at once, whatever their keys:
+    an object renamed (new key, same table) while its old key's run goes on waits
+    for it, as the sensor requests it through the daemon and the coordinator tags it."""
+    keep_objects(project, ["erp-customers", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    with sensor_daemon(queue_instance, project, monkeypatch) as daemon:
+        first = {run.tags["dagster/partition"]: run for run in daemon.tick()}
+        assert sorted(first) == ["erp-customers", "erp-stores"]
+        assert sorted(dequeue_pass(queue_instance)) == sorted(r.run_id for r in first.values())
+        old = first["erp-customers"]
+        report(queue_instance, old, DagsterEventType.RUN_START)
+        report(queue_instance, first["erp-stores"], DagsterEventType.RUN_SUCCESS)
+
+        # Renamed: a new key (a new partition) for the same table erp_customers.
+        objects_yaml.write_text(
+            objects_yaml.read_text().replace("name: customers", "name: clients")
+        )
+        [renamed] = daemon.tick()
+        assert renamed.tags["dagster/partition"] == "erp-clients"
+        assert renamed.status == DagsterRunStatus.QUEUED
+        # erp_customers is being written by the old key's run: the new one waits...
+        assert dequeue_pass(queue_instance) == []
+        # ...until it ends.
+        report(queue_instance, old, DagsterEventType.RUN_SUCCESS)
+        assert dequeue_pass(queue_instance) == [renamed.run_id]
 
 
 def test_backfill_runs_get_retry_tags_from_the_objects_retries(queue_instance, bronze_job):
