@@ -3,8 +3,8 @@
 One entry per object in the Dagster instance's key-value store (the `kvs`
 table of the run storage, `fanout_dagster/object/<partition key>`): the config
 hash it settled on and that hash's generation, the config file it was last
-seen in, the last cron tick handled, the fingerprint of its watched files, and
-the config hash a run last loaded. A tick reads every entry in one query and
+seen in, the last cron tick handled, the fingerprint of its watched files, the
+config hash a run last loaded, and the table its placement records name. A tick reads every entry in one query and
 writes only the entries that changed; the entries of removed objects are
 deleted. The sensor's cursor holds only a tick number and an event-log
 watermark, so it stays a few dozen bytes whatever the number of objects.
@@ -62,6 +62,9 @@ class ObjectState:
     schedule_tick: int | None = None
     # Fingerprint of the watched files the last run was requested for.
     files: str | None = None
+    # The bronze table the object's placement records name (placement.py), so
+    # that records made before tables were recorded are completed once.
+    table: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {_SHORT[name]: value for name, value in asdict(self).items() if value is not None}
@@ -83,6 +86,7 @@ _SHORT = {
     "loaded_hash": "l",
     "schedule_tick": "s",
     "files": "w",
+    "table": "b",
 }
 _LONG = {short: name for name, short in _SHORT.items()}
 
@@ -246,7 +250,7 @@ def existing_kv_keys(instance: DagsterInstance, keys: Iterable[str]) -> set[str]
 def read_kv_prefix(instance: DagsterInstance, prefix: str) -> dict[str, str] | None:
     """Every key-value row whose key starts with `prefix` (ASCII), in one range query
     on the `kvs` table's unique key index; None where the storage is not SQL."""
-    sql_storage = _sql_run_storage(instance)
+    sql_storage = sql_run_storage(instance)
     if sql_storage is None:
         return None
     import sqlalchemy as db
@@ -274,7 +278,7 @@ def delete_kv(instance: DagsterInstance, keys: Iterable[str]) -> None:
     keys = list(keys)
     if not keys:
         return
-    sql_storage = _sql_run_storage(instance)
+    sql_storage = sql_run_storage(instance)
     if sql_storage is None:
         storage = instance.run_storage
         for start in range(0, len(keys), _WRITE_CHUNK):
@@ -293,7 +297,8 @@ def delete_kv(instance: DagsterInstance, keys: Iterable[str]) -> None:
             )
 
 
-def _sql_run_storage(instance: DagsterInstance) -> Any:
+def sql_run_storage(instance: DagsterInstance) -> Any:
+    """The instance's run storage if it is SQL (SQLite, PostgreSQL, MySQL), else None."""
     from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
     storage: Any = instance.run_storage

@@ -26,8 +26,10 @@ from dagster._core.events import StepMaterializationData
 
 from bench.data import write_scale_configs
 from fanout_dagster.assets.bronze import build_bronze_asset
-from fanout_dagster.object_state import KV_PREFIX
+from fanout_dagster.locks import registered_locks
+from fanout_dagster.object_state import KV_PREFIX, delete_kv, set_kv
 from fanout_dagster.objects import load_objects
+from fanout_dagster.placement import Placement, recorded_placements
 from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.sensors import build_object_sensor
 from fanout_dagster_tests.helpers import keep_objects, replace_once
@@ -324,3 +326,32 @@ def test_resetting_the_cursor_reruns_nothing(queued_instance, project, monkeypat
         objects_yaml.write_text(yaml.safe_dump(changed, sort_keys=False))
         assert partitions_of(daemon.tick()) == ["erp-stores"]
         assert daemon.tick() == []
+
+
+def test_placements_recorded_before_tables_were_get_their_tables_without_a_run(instance, project):
+    first = tick(instance, project)
+    objects = load_objects(project.configs).by_key()
+    # The store as an earlier version left it: no table in the entries, no table records.
+    entries = kv_entries(instance, objects)
+    for key, entry in entries.items():
+        assert entry.pop("b") == objects[key].target.table
+    set_kv(
+        instance,
+        {KV_PREFIX + key: json.dumps(entry) for key, entry in entries.items()},
+        existing={KV_PREFIX + key for key in entries},
+    )
+    delete_kv(instance, [f"fanout_dagster/table/{key}" for key in objects])
+    assert {p.table for p in recorded_placements(instance, objects).values()} == {None}
+
+    second = tick(instance, project, cursor=first.cursor)
+    assert second.skipped, second.run_requests
+    assert recorded_placements(instance, objects) == {
+        key: Placement(obj.cluster, obj.retries, obj.target.table) for key, obj in objects.items()
+    }
+    assert sorted(registered_locks(instance)) == sorted(
+        f"table/{obj.target.table}" for obj in objects.values()
+    )
+    # Once: the next tick writes nothing.
+    written = kv_entries(instance, objects)
+    assert tick(instance, project, cursor=second.cursor).skipped
+    assert kv_entries(instance, objects) == written
