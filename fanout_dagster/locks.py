@@ -51,10 +51,8 @@ def run_locks(keys: Iterable[str], tables: Mapping[str, str | None]) -> list[str
     """The locks of a run over these objects: each object's, and each table's that is
     known (`tables`: the bronze table of each key, None where unknown)."""
     keys = list(keys)
-    tables_written = {tables.get(key) for key in keys} - {None}
-    return [object_lock(key) for key in keys] + [
-        table_lock(table) for table in sorted(t for t in tables_written if t)
-    ]
+    tables_written = sorted({table for key in keys if (table := tables.get(key))})
+    return [object_lock(key) for key in keys] + [table_lock(table) for table in tables_written]
 
 
 def register_locks(instance: DagsterInstance, names: Iterable[str]) -> None:
@@ -64,11 +62,12 @@ def register_locks(instance: DagsterInstance, names: Iterable[str]) -> None:
     if not rows:
         return
     new = sorted(rows - existing_kv_keys(instance, rows))
-    # One row a write: Dagster's batch write drops the new keys of a batch in
-    # which one key exists, which another process may just have written.
-    for row in new:
-        set_kv(instance, {row: ""}, existing=set())
     if new:
+        set_kv(instance, dict.fromkeys(new, ""), existing=set())
+        # Dagster's batch write drops the new keys of a batch in which one key
+        # exists (another process may just have written it): those go one by one.
+        for row in sorted(set(new) - existing_kv_keys(instance, new)):
+            set_kv(instance, {row: ""}, existing=set())
         set_kv(
             instance,
             {_REGISTRY_VERSION: uuid.uuid4().hex},
