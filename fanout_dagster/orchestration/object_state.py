@@ -3,8 +3,8 @@
 One entry per object in the Dagster instance's key-value store (the `kvs`
 table of the run storage, `fanout_dagster/object/<partition key>`): the config
 hash it settled on and that hash's generation, the config file it was last
-seen in, the last cron tick handled, the fingerprint of its watched files, and
-the config hash a run last loaded. A tick reads every entry in one query and
+seen in, the last cron tick handled, the fingerprint of its watched files, the
+config hash a run last loaded, and the table its placement records name. A tick reads every entry in one query and
 writes only the entries that changed; the entries of removed objects are
 deleted. The sensor's cursor holds only a tick number and an event-log
 watermark, so it stays a few dozen bytes whatever the number of objects.
@@ -15,6 +15,12 @@ entry records the tick that wrote it and the value it replaced. An entry
 written by a tick whose cursor was never stored (the daemon died before
 reserving the runs, or the tick failed) reads as the value it replaced; that
 tick's work is redone, with the same run keys, by the next one.
+
+Tick numbers never go back, also when the cursor does (cleared with `dagster
+sensor cursor --delete` or set by hand): the store keeps the highest tick that
+wrote an entry, and a cursor behind it is read as if it stood just before that
+tick, whose work is then redone as above. The sensor's run keys count on it
+(orchestration/sensor.py: a new object's generation starts at the tick number).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any
 from dagster import DagsterInstance
 
 KV_PREFIX = "fanout_dagster/object/"
+# The highest tick that wrote entries (outside KV_PREFIX: not an object).
+TICK_KEY = "fanout_dagster/sensor/tick"
 # Rows per statement: a few hundred keys keep every statement small (SQLite
 # allows 32766 parameters; the update path builds one CASE branch per key).
 _WRITE_CHUNK = 500
@@ -54,6 +62,9 @@ class ObjectState:
     schedule_tick: int | None = None
     # Fingerprint of the watched files the last run was requested for.
     files: str | None = None
+    # The bronze table the object's placement records name (placement.py), so
+    # that records made before tables were recorded are completed once.
+    table: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {_SHORT[name]: value for name, value in asdict(self).items() if value is not None}
@@ -75,6 +86,7 @@ _SHORT = {
     "loaded_hash": "l",
     "schedule_tick": "s",
     "files": "w",
+    "table": "b",
 }
 _LONG = {short: name for name, short in _SHORT.items()}
 
@@ -100,12 +112,13 @@ class SensorCursor:
         if data.get("v") == cls.VERSION:
             return cls(tick=int(data.get("tick", 0)), events=data.get("events"))
         # The first format: every object's [config hash, generation].
-        return cls(
-            legacy={
-                key: ObjectState(config_hash=value[0], generation=int(value[1]))
-                for key, value in data.items()
-            }
-        )
+        legacy = {
+            key: ObjectState(config_hash=value[0], generation=int(value[1]))
+            for key, value in data.items()
+        }
+        # Ticks from here on are numbered above every generation it holds, as
+        # ticks of this format are (a generation grows by at most one a tick).
+        return cls(tick=max((s.generation for s in legacy.values()), default=0), legacy=legacy)
 
     def serialize(self) -> str:
         return json.dumps(
@@ -122,15 +135,26 @@ class ObjectStateStore:
         self._present: set[str] = set()  # keys with a row (entries and tombstones)
         self._tombstones: set[str] = set()
         self._raw: dict[str, dict[str, Any]] = {}
+        self._highest_tick = 0
+        # The last tick whose writes count (see read).
+        self.committed_tick = 0
 
-    def read(self, keys: Iterable[str], committed_tick: int) -> dict[str, ObjectState]:
-        """The committed state of every object with an entry.
+    def read(self, keys: Iterable[str], cursor_tick: int) -> dict[str, ObjectState]:
+        """The committed state of every object with an entry, for a cursor at `cursor_tick`.
 
         On SQL run storage, one range query over the entries' key prefix: every
         entry, whatever the keys asked for (an object whose partition was
         deleted still has its entry read, and pruned). Elsewhere, the entries
         of `keys`, 20,000 a query.
+
+        Sets `committed_tick`: the cursor's tick, or, for a cursor behind the
+        highest tick that wrote (it was cleared or set back), the tick before
+        that one, so that the next tick number is one no tick used for other work.
         """
+        stored = self._storage.get_cursor_values({TICK_KEY}).get(TICK_KEY)
+        self._highest_tick = int(stored) if stored else 0
+        committed_tick = max(cursor_tick, self._highest_tick - 1)
+        self.committed_tick = committed_tick
         rows = read_kv_prefix(self._instance, KV_PREFIX)
         if rows is None:
             names = [KV_PREFIX + key for key in keys]
@@ -182,6 +206,10 @@ class ObjectStateStore:
             )
         set_kv(self._instance, pairs, {KV_PREFIX + key for key in self._present})
         self._present.update(changed)
+        if tick > self._highest_tick:
+            existing = {TICK_KEY} if self._highest_tick else set()
+            set_kv(self._instance, {TICK_KEY: str(tick)}, existing)
+            self._highest_tick = tick
 
     def delete(self, keys: Iterable[str]) -> None:
         names = [KV_PREFIX + key for key in keys]
@@ -222,7 +250,7 @@ def existing_kv_keys(instance: DagsterInstance, keys: Iterable[str]) -> set[str]
 def read_kv_prefix(instance: DagsterInstance, prefix: str) -> dict[str, str] | None:
     """Every key-value row whose key starts with `prefix` (ASCII), in one range query
     on the `kvs` table's unique key index; None where the storage is not SQL."""
-    sql_storage = _sql_run_storage(instance)
+    sql_storage = sql_run_storage(instance)
     if sql_storage is None:
         return None
     import sqlalchemy as db
@@ -250,7 +278,7 @@ def delete_kv(instance: DagsterInstance, keys: Iterable[str]) -> None:
     keys = list(keys)
     if not keys:
         return
-    sql_storage = _sql_run_storage(instance)
+    sql_storage = sql_run_storage(instance)
     if sql_storage is None:
         storage = instance.run_storage
         for start in range(0, len(keys), _WRITE_CHUNK):
@@ -269,7 +297,8 @@ def delete_kv(instance: DagsterInstance, keys: Iterable[str]) -> None:
             )
 
 
-def _sql_run_storage(instance: DagsterInstance) -> Any:
+def sql_run_storage(instance: DagsterInstance) -> Any:
+    """The instance's run storage if it is SQL (SQLite, PostgreSQL, MySQL), else None."""
     from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
     storage: Any = instance.run_storage

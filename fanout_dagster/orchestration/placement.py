@@ -1,11 +1,12 @@
-"""Which cluster each object runs on and how often its runs are retried, and the
-run tags that follow from them.
+"""Which cluster each object runs on, how often its runs are retried and which
+bronze table it writes, and the run tags that follow from them.
 
-The sensor records each object's `cluster` and `retries` in the Dagster
-instance's key-value store; the run coordinator reads them back to tag runs it
-did not create itself (UI backfills, manual launches). Keeping them in the
-instance means the coordinator needs no access to the configs folder (it
-reads it only for objects the sensor has not recorded yet).
+The sensor records each object's `cluster`, `retries` and `target.table` in the
+Dagster instance's key-value store; the run coordinator reads them back to tag
+runs it did not create itself (UI backfills, manual launches) and to lock the
+tables every run writes (locks.py). Keeping them in the instance means the
+coordinator needs no access to the configs folder (it reads it only for objects
+the sensor has not recorded yet, or recorded before it recorded tables).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ from fanout_dagster.orchestration.tags import (
 _KV_PREFIX = "fanout_dagster/cluster/"
 # An object's declared `retries`; an empty value: none declared (the deployment's).
 _RETRIES_PREFIX = "fanout_dagster/retries/"
+# The bronze table an object writes (`target.table`).
+_TABLE_PREFIX = "fanout_dagster/table/"
+_PREFIXES = (_KV_PREFIX, _RETRIES_PREFIX, _TABLE_PREFIX)
 
 
 class Placement(NamedTuple):
     cluster: str
     retries: int | None  # as declared; None: the deployment's default
+    table: str | None = None  # the bronze table it writes; None: not known
 
 
 def record_placements(instance: DagsterInstance, placements: Mapping[str, Placement]) -> None:
@@ -47,6 +52,7 @@ def record_placements(instance: DagsterInstance, placements: Mapping[str, Placem
             for key, p in placements.items()
         }
     )
+    pairs.update({_TABLE_PREFIX + key: p.table for key, p in placements.items() if p.table})
     set_kv(instance, pairs, existing_kv_keys(instance, pairs))
 
 
@@ -59,9 +65,7 @@ def record_clusters(instance: DagsterInstance, clusters_by_key: Mapping[str, str
 def forget_placements(instance: DagsterInstance, keys: Iterable[str]) -> None:
     """Drop the records of removed objects."""
     keys = list(keys)
-    delete_kv(
-        instance, [_KV_PREFIX + key for key in keys] + [_RETRIES_PREFIX + key for key in keys]
-    )
+    delete_kv(instance, [prefix + key for prefix in _PREFIXES for key in keys])
 
 
 def recorded_placements(
@@ -70,31 +74,32 @@ def recorded_placements(
     fallback: Callable[[], Mapping[str, Placement]] | None = None,
 ) -> dict[str, Placement]:
     """Placement per key: what the sensor recorded, else what `fallback()` says
-    (the configs folder, read only when needed), else the default cluster and
-    the deployment's retries."""
+    (the configs folder, read only when a record is missing or incomplete), else
+    what was recorded, with the default cluster, the deployment's retries and no
+    table for what was not."""
     keys = list(keys)
-    names = {_KV_PREFIX + key for key in keys} | {_RETRIES_PREFIX + key for key in keys}
-    stored = instance.run_storage.get_cursor_values(names)
+    stored = instance.run_storage.get_cursor_values(
+        {prefix + key for prefix in _PREFIXES for key in keys}
+    )
     result: dict[str, Placement] = {}
     missing = []
     for key in keys:
-        cluster = stored.get(_KV_PREFIX + key)
-        retries = stored.get(_RETRIES_PREFIX + key)
-        if cluster is None or retries is None:
+        cluster, retries, table = (stored.get(prefix + key) for prefix in _PREFIXES)
+        if cluster is None or retries is None or table is None:
             missing.append(key)
         else:
-            result[key] = Placement(cluster, int(retries) if retries else None)
-    if missing and fallback is not None:
-        declared = fallback()
-        for key in missing:
-            if key in declared:
-                result[key] = declared[key]
-            elif _KV_PREFIX + key in stored:  # recorded before retries were
-                result[key] = Placement(stored[_KV_PREFIX + key], None)
-    for key in keys:
-        if key not in result:
-            cluster = stored.get(_KV_PREFIX + key, DEFAULT_CLUSTER)
-            result[key] = Placement(cluster, None)
+            result[key] = Placement(cluster, int(retries) if retries else None, table)
+    declared = fallback() if missing and fallback is not None else {}
+    for key in missing:
+        if key in declared:
+            result[key] = declared[key]
+        else:  # recorded before retries or tables were, or not at all
+            retries = stored.get(_RETRIES_PREFIX + key)
+            result[key] = Placement(
+                stored.get(_KV_PREFIX + key, DEFAULT_CLUSTER),
+                int(retries) if retries else None,
+                stored.get(_TABLE_PREFIX + key),
+            )
     return result
 
 

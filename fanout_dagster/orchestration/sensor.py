@@ -13,8 +13,9 @@ Each tick reads the configs folder and
 - packs the objects that need a run as before: consecutive partitions of one
   cluster (and one `retries`), up to `objects_per_run` a run;
 - creates at most `max_runs_per_tick` runs; the rest wait for the next tick;
-- records each requested object's cluster and retries for the run coordinator
-  (placement.py), and sets Dagster's run retry tags from the objects' `retries`;
+- records each requested object's cluster, retries and table for the run
+  coordinator (placement.py), registers its table's lock (locks.py), and sets
+  Dagster's run retry tags from the objects' `retries`;
 - reports every invalid file with its field, and every watch that cannot be
   listed, without holding back the other objects.
 
@@ -22,9 +23,13 @@ What an object "settled on" is what ran: when a run created after the sensor's
 request loads the object (its materialization carries the config hash it
 loaded, which is the newest valid config when the run started), that hash is
 recorded, not the one requested. Run keys are key + generation + hash for
-config changes (the generation counts the object's config changes, so a
-config changed A -> B -> A runs again: Dagster skips run keys a sensor has
-used before), key + cron tick for schedules, key + listing for files.
+config changes, key + cron tick for schedules, key + listing + tick for files.
+Dagster skips run keys a sensor has used before, so a key must never come
+back for a new reason to run: the generation grows with every config change
+(A -> B -> A runs again), and an object without state (new, or added back
+after its state was pruned: A -> removed -> A) starts at the tick's number,
+above any generation it had (tick numbers never go back: object_state.py).
+A tick redone after a crash has the same number and makes the same keys.
 
 Per-object state lives in the instance's key-value store (object_state.py),
 one entry per object, read in one query a tick and written only for objects
@@ -67,6 +72,7 @@ from dagster._core.storage.tags import (
 
 from fanout_dagster.core.objects import ConfigError, ObjectConfig
 from fanout_dagster.core.source_watch import SourceWatcher, WatchError
+from fanout_dagster.orchestration.locks import register_locks, table_lock
 from fanout_dagster.orchestration.object_state import ObjectState, ObjectStateStore, SensorCursor
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.placement import (
@@ -172,7 +178,6 @@ def evaluate(
     errors: list[ConfigError] = list(load.errors)
     instance = context.instance
     cursor = SensorCursor.parse(context.cursor)
-    tick = cursor.tick + 1
 
     existing = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
     # New partitions go in grouped by cluster, so the contiguous ranges a
@@ -191,7 +196,8 @@ def evaluate(
 
     # Every partition's state (removed objects' too), in one query.
     store = ObjectStateStore(instance)
-    states = store.read(order, committed_tick=cursor.tick)
+    states = store.read(order, cursor_tick=cursor.tick)
+    tick = store.committed_tick + 1  # never a number an earlier tick used for other work
     previous = dict(states)
     changed: dict[str, ObjectState] = {}
     for key, legacy in cursor.legacy.items():  # a cursor of the first format
@@ -211,6 +217,8 @@ def evaluate(
     listings = watcher.fingerprints(watched) if watched else {}
     cron_ticks: dict[str, int] = {}
     to_run: dict[str, Planned] = {}
+    # Objects whose placement records need writing without a run (see _without_run).
+    to_place: list[ObjectConfig] = []
     for obj in ordered:
         state = states.get(obj.key)
         schedule_tick = _latest_cron_tick(obj.schedule, now, cron_ticks) if obj.schedule else None
@@ -233,6 +241,8 @@ def evaluate(
             settled = _without_run(obj, state, schedule_tick, files)
             if settled != state:
                 states[obj.key] = changed[obj.key] = settled
+                if settled.table != state.table:
+                    to_place.append(obj)
 
     for error in errors:
         context.log.error(f"invalid object config: {error}")
@@ -291,17 +301,17 @@ def evaluate(
                 loaded_hash=before.loaded_hash if before else None,
                 schedule_tick=planned.schedule_tick,
                 files=planned.files,
+                table=planned.obj.target.table,
             )
-        record_placements(
-            instance,
-            {p.key: Placement(p.obj.cluster, p.obj.retries) for p in covered},
-        )
+        to_place += [planned.obj for planned in covered]
         counts = Counter(t for p in covered for t in p.triggers)
         context.log.info(
             f"requested {len(requests)} run(s) for {len(covered)} object(s) ("
             + ", ".join(f"{trigger}: {n}" for trigger, n in sorted(counts.items()))
             + ")"
         )
+    if to_place:
+        _record_placements(instance, to_place)
     if changed:
         store.write(changed, previous, tick)
     new_cursor = SensorCursor(tick=tick, events=events).serialize()
@@ -325,10 +335,18 @@ def _plan_object(
     tick: int,
 ) -> Planned | None:
     triggers = []
-    generation = state.generation if state else 0
-    if state is None or state.config_hash != config_hash(obj):
+    if state is None:
+        # New to the sensor, or back after a removal pruned its state: its run
+        # keys may have been used before, with any generation up to the last
+        # tick's number (a generation grows by at most one a tick), so it
+        # starts at this tick's.
         triggers.append(CONFIG)
-        generation += 1
+        generation = tick
+    else:
+        generation = state.generation
+        if state.config_hash != config_hash(obj):
+            triggers.append(CONFIG)
+            generation += 1
     if (
         state is not None
         and schedule_tick is not None
@@ -346,19 +364,35 @@ def _plan_object(
 def _without_run(
     obj: ObjectConfig, state: ObjectState, schedule_tick: int | None, files: str | None
 ) -> ObjectState:
-    """State updates that need no run: where the object is declared, and a first
-    cron tick or listing for objects whose state predates them."""
+    """State updates that need no run: where the object is declared, a first cron
+    tick or listing for objects whose state predates them, and the table of its
+    placement records (recorded before tables were, or of a newer config that a
+    run loaded: _settle_loads)."""
     new_schedule_tick = (state.schedule_tick or schedule_tick) if obj.schedule else None
     new_files = (state.files or files) if obj.source.watch else None
-    if (state.config_file, state.schedule_tick, state.files) == (
+    if (state.config_file, state.schedule_tick, state.files, state.table) == (
         obj.config_file,
         new_schedule_tick,
         new_files,
+        obj.target.table,
     ):
         return state  # the common case: 10,000 unchanged objects a tick
     return state.updated(
-        config_file=obj.config_file, schedule_tick=new_schedule_tick, files=new_files
+        config_file=obj.config_file,
+        schedule_tick=new_schedule_tick,
+        files=new_files,
+        table=obj.target.table,
     )
+
+
+def _record_placements(instance: DagsterInstance, objects: Sequence[ObjectConfig]) -> None:
+    """Record the objects' cluster, retries and table for the run coordinator, and
+    register their tables' locks before any run that writes them is queued."""
+    record_placements(
+        instance,
+        {obj.key: Placement(obj.cluster, obj.retries, obj.target.table) for obj in objects},
+    )
+    register_locks(instance, [table_lock(obj.target.table) for obj in objects])
 
 
 # Config hashes by object: the parse cache hands out the same ObjectConfig while

@@ -21,13 +21,15 @@ CONFIG_HASH_TAG = "fanout/config_hash"
 # cron tick), `files` (a watched source changed), joined with '+' for several.
 TRIGGER_TAG = "fanout/trigger"
 
-# One tag per object a run touches, `<prefix><partition key>: "1"`: the run
+# One tag per lock a run holds (locks.py), `<prefix><lock name>: "1"`: the run
 # coordinator gives each such key a run limit of 1, so two runs that share an
-# object never run at once (run_coordinator.py). Under Dagster's hidden-tag
-# prefix, as Dagster's own `.dagster/pool/<pool>` run tags are: a pack of 100
-# objects would otherwise show 100 tags on its run page, and the runs filter
-# of the UI would offer one tag key per object.
-OBJECT_LOCK_TAG_PREFIX = f"{dagster_tags.HIDDEN_TAG_PREFIX}fanout-object/"
+# object, or write one bronze table, never run at once (run_coordinator.py).
+# Under Dagster's hidden-tag prefix, as Dagster's own `.dagster/pool/<pool>`
+# run tags are: a pack of 100 objects would otherwise show 200 tags on its run
+# page, and the runs filter of the UI would offer one tag key per lock.
+LOCK_TAG_PREFIX = f"{dagster_tags.HIDDEN_TAG_PREFIX}fanout-"
+OBJECT_LOCK_TAG_PREFIX = f"{LOCK_TAG_PREFIX}object/"  # + partition key
+TABLE_LOCK_TAG_PREFIX = f"{LOCK_TAG_PREFIX}table/"  # + bronze table name
 
 # Dagster's run retry tags, set from the objects' `retries` (orchestration/sensor.py on the
 # runs it requests, run_coordinator.py on the others).

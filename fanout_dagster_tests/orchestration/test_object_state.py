@@ -19,6 +19,7 @@ from dagster import (
     DagsterEvent,
     DagsterEventType,
     Definitions,
+    instance_for_test,
     materialize,
 )
 from dagster._core.events import StepMaterializationData
@@ -26,13 +27,17 @@ from dagster._core.events import StepMaterializationData
 from bench.data import write_scale_configs
 from fanout_dagster.core.objects import load_objects
 from fanout_dagster.orchestration.bronze import build_bronze_asset
-from fanout_dagster.orchestration.object_state import KV_PREFIX
+from fanout_dagster.orchestration.locks import registered_locks
+from fanout_dagster.orchestration.object_state import KV_PREFIX, delete_kv, set_kv
+from fanout_dagster.orchestration.placement import Placement, recorded_placements
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.sensor import build_object_sensor
 from fanout_dagster_tests.helpers import keep_objects, replace_once
 from fanout_dagster_tests.orchestration.test_refresh import VolumeProject
 from fanout_dagster_tests.orchestration.test_sensor import partitions, tick
-from fanout_dagster_tests.postgres import STORAGES
+from fanout_dagster_tests.postgres import STORAGES, storage_overrides
+from fanout_dagster_tests.sensor_daemon import sensor_daemon
+from fanout_dagster_tests.test_run_queue import repo_queue
 
 BRONZE = AssetKey("bronze")
 
@@ -238,3 +243,115 @@ def test_the_cursor_reports_no_config_folder_without_pruning(instance, project, 
     gone = tick(instance, holder, cursor=first.cursor)
     assert gone.skipped
     assert len(kv_entries(instance, partitions(instance))) == len(project.keys)
+
+
+# --------------------------------------------------------------------------- through the daemon
+
+
+@pytest.fixture
+def queued_instance(dagster_storage):
+    """An instance with the repo's run queue: the daemon's runs wait there (QUEUED)."""
+    with instance_for_test(
+        overrides={**repo_queue(), **storage_overrides(dagster_storage)}
+    ) as inst:
+        yield inst
+
+
+def partitions_of(runs) -> list[str]:
+    return sorted(run.tags["dagster/partition"] for run in runs)
+
+
+def test_a_config_removed_and_added_back_runs_again_once(queued_instance, project, monkeypatch):
+    keep_objects(project, ["erp-products", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    both = yaml.safe_load(objects_yaml.read_text())
+    with sensor_daemon(queued_instance, project, monkeypatch) as daemon:
+        assert partitions_of(daemon.tick()) == ["erp-products", "erp-stores"]
+        assert daemon.tick() == []
+
+        # erp-stores removed: its state is pruned, nothing runs.
+        objects_yaml.write_text(yaml.safe_dump(both[:1], sort_keys=False))
+        assert [e["name"] for e in both[:1]] == ["products"]
+        assert daemon.tick() == []
+        assert kv_entries(queued_instance, ["erp-stores"]) == {}
+
+        # Added back as it was: it runs again (Dagster skips a run key used
+        # before, so the request must not reuse the first one), and once.
+        objects_yaml.write_text(yaml.safe_dump(both, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]
+        assert daemon.tick() == []
+        first, again = daemon.run_keys("erp-stores")
+        assert first != again
+
+
+def test_a_revert_after_a_removal_runs(queued_instance, project, monkeypatch):
+    keep_objects(project, ["erp-products", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    config_a = yaml.safe_load(objects_yaml.read_text())
+    assert [e["name"] for e in config_a] == ["products", "stores"]
+    config_b = yaml.safe_load(objects_yaml.read_text())
+    config_b[1]["source"]["options"]["inferSchema"] = True
+    with sensor_daemon(queued_instance, project, monkeypatch) as daemon:
+        assert partitions_of(daemon.tick()) == ["erp-products", "erp-stores"]  # A
+        objects_yaml.write_text(yaml.safe_dump(config_b, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]  # B
+        objects_yaml.write_text(yaml.safe_dump(config_a[:1], sort_keys=False))
+        assert daemon.tick() == []  # removed, and pruned
+        assert kv_entries(queued_instance, ["erp-stores"]) == {}
+        objects_yaml.write_text(yaml.safe_dump(config_a, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]  # A again: a change, a run
+        assert daemon.tick() == []
+        assert len(set(daemon.run_keys("erp-stores"))) == 3
+
+
+def test_resetting_the_cursor_reruns_nothing(queued_instance, project, monkeypatch):
+    keep_objects(project, ["erp-products", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    both = yaml.safe_load(objects_yaml.read_text())
+    objects_yaml.write_text(yaml.safe_dump(both[:1], sort_keys=False))
+    with sensor_daemon(queued_instance, project, monkeypatch) as daemon:
+        assert partitions_of(daemon.tick()) == ["erp-products"]
+        objects_yaml.write_text(yaml.safe_dump(both, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]  # new on a later tick
+        assert daemon.tick() == []
+
+        # The cursor cleared (`dagster sensor cursor --delete`, or by hand in the
+        # UI): the objects' state is in the store, nothing runs again...
+        daemon.reset_cursor()
+        assert daemon.tick() == []
+        assert daemon.tick() == []
+        # ...and a change after it still runs, once.
+        changed = yaml.safe_load(objects_yaml.read_text())
+        changed[1]["source"]["options"]["inferSchema"] = True
+        objects_yaml.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert partitions_of(daemon.tick()) == ["erp-stores"]
+        assert daemon.tick() == []
+
+
+def test_placements_recorded_before_tables_were_get_their_tables_without_a_run(instance, project):
+    first = tick(instance, project)
+    objects = load_objects(project.configs).by_key()
+    # The store as an earlier version left it: no table in the entries, no table records.
+    entries = kv_entries(instance, objects)
+    for key, entry in entries.items():
+        assert entry.pop("b") == objects[key].target.table
+    set_kv(
+        instance,
+        {KV_PREFIX + key: json.dumps(entry) for key, entry in entries.items()},
+        existing={KV_PREFIX + key for key in entries},
+    )
+    delete_kv(instance, [f"fanout_dagster/table/{key}" for key in objects])
+    assert {p.table for p in recorded_placements(instance, objects).values()} == {None}
+
+    second = tick(instance, project, cursor=first.cursor)
+    assert second.skipped, second.run_requests
+    assert recorded_placements(instance, objects) == {
+        key: Placement(obj.cluster, obj.retries, obj.target.table) for key, obj in objects.items()
+    }
+    assert sorted(registered_locks(instance)) == sorted(
+        f"table/{obj.target.table}" for obj in objects.values()
+    )
+    # Once: the next tick writes nothing.
+    written = kv_entries(instance, objects)
+    assert tick(instance, project, cursor=second.cursor).skipped
+    assert kv_entries(instance, objects) == written

@@ -21,15 +21,18 @@ from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.placement import Placement, record_placements
 from fanout_dagster.orchestration.tags import (
     CLUSTER_TAG,
+    LOCK_TAG_PREFIX,
     OBJECT_LOCK_TAG_PREFIX,
     OBJECTS_TAG,
     RETRIES_TAG,
     RETRY_STRATEGY_TAG,
+    TABLE_LOCK_TAG_PREFIX,
 )
 from fanout_dagster.single_host.run_coordinator import ClusterTaggingRunCoordinator
-from fanout_dagster_tests.helpers import REPO_ROOT
+from fanout_dagster_tests.helpers import REPO_ROOT, keep_objects
 from fanout_dagster_tests.orchestration.test_bronze import make_run, range_tags, without_workspace
 from fanout_dagster_tests.postgres import STORAGES, storage_overrides
+from fanout_dagster_tests.sensor_daemon import sensor_daemon
 
 KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]  # A B C D
 
@@ -96,23 +99,60 @@ def dequeue_pass(instance) -> list[str]:
     return [run.run_id for run in runs]
 
 
-def test_every_bronze_run_gets_a_lock_tag_per_object(queue_instance, bronze_job):
+def lock_limits(instance, prefix: str) -> list[dict]:
+    limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    return [lim for lim in limits if lim["key"].startswith(prefix)]
+
+
+def test_every_bronze_run_gets_a_lock_tag_per_object_and_table(queue_instance, bronze_job):
+    # Tables as the sensor records them (the repo's configs say the same).
+    record_placements(
+        queue_instance,
+        {key: Placement("default", None, key.replace("-", "_")) for key in KEYS},
+    )
     backfill = ui_backfill_pack(queue_instance, bronze_job, "erp-products", "erp-stores")
     assert backfill.status == DagsterRunStatus.QUEUED
-    locks = {k: v for k, v in backfill.tags.items() if k.startswith(OBJECT_LOCK_TAG_PREFIX)}
+    locks = {k: v for k, v in backfill.tags.items() if k.startswith(LOCK_TAG_PREFIX)}
     assert locks == {
         OBJECT_LOCK_TAG_PREFIX + "erp-products": "1",
         OBJECT_LOCK_TAG_PREFIX + "erp-stores": "1",
+        TABLE_LOCK_TAG_PREFIX + "erp_products": "1",
+        TABLE_LOCK_TAG_PREFIX + "erp_stores": "1",
     }
     assert backfill.tags[OBJECTS_TAG] == "erp-products,erp-stores"
-    limits = queue_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-    assert [lim for lim in limits if lim["key"].startswith(OBJECT_LOCK_TAG_PREFIX)] == [
+    assert lock_limits(queue_instance, OBJECT_LOCK_TAG_PREFIX) == [
         {"key": OBJECT_LOCK_TAG_PREFIX + key, "limit": 1} for key in KEYS
     ]
-    # A partition added later gets its limit at the next look (the list is cached).
+    # Every table a queued run writes has a limit (registered when it was tagged).
+    assert lock_limits(queue_instance, TABLE_LOCK_TAG_PREFIX) == [
+        {"key": TABLE_LOCK_TAG_PREFIX + table, "limit": 1}
+        for table in ["erp_products", "erp_stores"]
+    ]
+    # A partition added, or a table registered, later gets its limit at the next
+    # look (the list is cached).
     queue_instance.add_dynamic_partitions(OBJECTS_PARTITIONS_NAME, ["hr-people"])
-    limits = queue_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-    assert {"key": OBJECT_LOCK_TAG_PREFIX + "hr-people", "limit": 1} in limits
+    assert {"key": OBJECT_LOCK_TAG_PREFIX + "hr-people", "limit": 1} in lock_limits(
+        queue_instance, OBJECT_LOCK_TAG_PREFIX
+    )
+    ui_backfill_pack(queue_instance, bronze_job, "erp-customers", "erp-customers")
+    assert {"key": TABLE_LOCK_TAG_PREFIX + "erp_customers", "limit": 1} in lock_limits(
+        queue_instance, TABLE_LOCK_TAG_PREFIX
+    )
+
+
+def test_a_backfill_of_a_new_key_waits_for_a_run_writing_its_table(queue_instance, bronze_job):
+    # erp-products' run writes erp_products; erp-suppliers now writes that table too
+    # (the two configs swapped tables, say, while the run went on).
+    record_placements(queue_instance, {"erp-products": Placement("default", None, "erp_products")})
+    writing = sensor_pack(queue_instance, bronze_job, ["erp-products"])
+    assert dequeue_pass(queue_instance) == [writing.run_id]
+    report(queue_instance, writing, DagsterEventType.RUN_START)
+    record_placements(queue_instance, {"erp-suppliers": Placement("default", None, "erp_products")})
+    backfill = ui_backfill_pack(queue_instance, bronze_job, "erp-stores", "erp-suppliers")
+    assert TABLE_LOCK_TAG_PREFIX + "erp_products" in backfill.tags
+    assert dequeue_pass(queue_instance) == []
+    report(queue_instance, writing, DagsterEventType.RUN_FAILURE)
+    assert dequeue_pass(queue_instance) == [backfill.run_id]
 
 
 def test_a_backfill_pack_waits_for_overlapping_sensor_runs(queue_instance, bronze_job):
@@ -142,14 +182,44 @@ def test_a_backfill_pack_waits_for_overlapping_sensor_runs(queue_instance, bronz
     assert c_alone.run_id in dequeue_pass(queue_instance)
 
 
+def test_a_renamed_object_waits_for_the_old_keys_run_on_its_table(
+    queue_instance, project, monkeypatch
+):
+    """Two runs that write one bronze table never run at once, whatever their keys:
+    an object renamed (new key, same table) while its old key's run goes on waits
+    for it, as the sensor requests it through the daemon and the coordinator tags it."""
+    keep_objects(project, ["erp-customers", "erp-stores"])
+    objects_yaml = project.configs / "objects.yaml"
+    with sensor_daemon(queue_instance, project, monkeypatch) as daemon:
+        first = {run.tags["dagster/partition"]: run for run in daemon.tick()}
+        assert sorted(first) == ["erp-customers", "erp-stores"]
+        assert sorted(dequeue_pass(queue_instance)) == sorted(r.run_id for r in first.values())
+        old = first["erp-customers"]
+        report(queue_instance, old, DagsterEventType.RUN_START)
+        report(queue_instance, first["erp-stores"], DagsterEventType.RUN_SUCCESS)
+
+        # Renamed: a new key (a new partition) for the same table erp_customers.
+        objects_yaml.write_text(
+            objects_yaml.read_text().replace("name: customers", "name: clients")
+        )
+        [renamed] = daemon.tick()
+        assert renamed.tags["dagster/partition"] == "erp-clients"
+        assert renamed.status == DagsterRunStatus.QUEUED
+        # erp_customers is being written by the old key's run: the new one waits...
+        assert dequeue_pass(queue_instance) == []
+        # ...until it ends.
+        report(queue_instance, old, DagsterEventType.RUN_SUCCESS)
+        assert dequeue_pass(queue_instance) == [renamed.run_id]
+
+
 def test_backfill_runs_get_retry_tags_from_the_objects_retries(queue_instance, bronze_job):
     record_placements(
         queue_instance,
         {
-            "erp-customers": Placement("default", 2),
-            "erp-products": Placement("default", None),
-            "erp-stores": Placement("default", None),
-            "erp-suppliers": Placement("default", 0),
+            "erp-customers": Placement("default", 2, "erp_customers"),
+            "erp-products": Placement("default", None, "erp_products"),
+            "erp-stores": Placement("default", None, "erp_stores"),
+            "erp-suppliers": Placement("default", 0, "erp_suppliers"),
         },
     )
     retried = ui_backfill_pack(queue_instance, bronze_job, "erp-customers", "erp-products")
