@@ -37,7 +37,7 @@ from fanout_dagster_tests.orchestration.test_refresh import VolumeProject
 from fanout_dagster_tests.orchestration.test_sensor import partitions, tick
 from fanout_dagster_tests.postgres import STORAGES, storage_overrides
 from fanout_dagster_tests.sensor_daemon import sensor_daemon
-from fanout_dagster_tests.test_run_queue import repo_queue
+from fanout_dagster_tests.single_host.test_run_coordinator import repo_queue
 
 BRONZE = AssetKey("bronze")
 
