@@ -330,9 +330,10 @@ def test_the_scaffolded_defs_yaml_loads_and_says_what_it_sets(sandbox):
     assert document["type"] == type_name
     assert document["attributes"]["configs_dir"] == "objects"
     with sandbox.build_all_defs() as defs:
-        assert resources(defs)["object_configs"].configs_dir == str(
-            sandbox.project_root / "objects"
-        )
+        res = resources(defs)
+        assert res["object_configs"].configs_dir == str(sandbox.project_root / "objects")
+        # Nothing else to run for a first `dg dev`: a Spark in each run's process.
+        assert isinstance(res["spark"], LocalSparkResource)
 
 
 # --------------------------------------------------------------------------- the package
@@ -374,6 +375,12 @@ def test_dg_lists_the_component_type(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     entries = {entry["key"] for entry in json.loads(done.stdout)["items"]}
     assert COMPONENT in entries, sorted(entries)
+
+
+def test_docs_component_md_lists_every_attribute():
+    documented = (REPO_ROOT / "docs" / "component.md").read_text()
+    missing = [name for name in BronzeFanout.model_fields if f"| `{name}` |" not in documented]
+    assert missing == [], f"docs/component.md lacks a row for {missing}"
 
 
 def test_the_repository_registers_the_component_as_a_dg_project():
