@@ -141,7 +141,7 @@ def test_a_new_dagster_project_adopts_the_component_and_materializes_an_object(
             materializations = instance.get_records_for_run(
                 run_record.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
             ).records
-            assert [r.event_log_entry.dagster_event.partition for r in materializations] == [KEY]
+            assert [record.partition_key for record in materializations] == [KEY]
     finally:
         stop_process_group(dev)
 
