@@ -60,12 +60,18 @@ test-slow: $(STAMP) check-java
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # ruff (lint rules + the formatter's check), mypy, and the package's architecture
-# (import-linter: which room may import which), configured in pyproject.toml.
+# (import-linter: which room may import which), configured in pyproject.toml;
+# then the code location loads through its component (`dg check defs`) and shows
+# its asset, sensor and resources (`dg list defs`). dg runs in this venv, without
+# its hourly PyPI version check.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) DAGSTER_DG_UPDATE_CHECK_ENABLED=0 $(VENV)/bin/dg
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(DG) check defs
+	$(DG) list defs
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
