@@ -22,7 +22,7 @@ import yaml
 from dagster import AssetKey, Definitions, in_process_executor
 from dagster.components.testing import DefsFolderSandbox, create_defs_folder_sandbox
 
-from fanout_dagster.orchestration.component import BronzeFanout, scaffold_yaml
+from fanout_dagster.component.bronze_fanout import BronzeFanout, scaffold_yaml
 from fanout_dagster.orchestration.resources.spark import LocalSparkResource, SparkConnectResource
 from fanout_dagster.settings import Settings
 from fanout_dagster_tests.helpers import REPO_ROOT, child_env
@@ -324,7 +324,7 @@ def test_the_scaffolded_defs_yaml_loads_and_says_what_it_sets(sandbox):
     text = (path / "defs.yaml").read_text()
     # The type as the scaffold request names it (`dg scaffold defs` passes what the
     # user typed, fanout_dagster.BronzeFanout: e2e/test_component_adoption.py).
-    type_name = "fanout_dagster.orchestration.component.BronzeFanout"
+    type_name = "fanout_dagster.component.bronze_fanout.BronzeFanout"
     assert text == scaffold_yaml(type_name, "objects")
     document = yaml.safe_load(text)
     assert document["type"] == type_name

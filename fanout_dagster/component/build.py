@@ -1,7 +1,7 @@
 """Settings -> Definitions: one asset, one sensor, resources chosen per target.
 
 The one code path every way of loading fanout_dagster goes through: the
-`BronzeFanout` component (orchestration/component.py) resolves its YAML
+`BronzeFanout` component (component/bronze_fanout.py) resolves its YAML
 attributes to a `Settings` and calls `build_definitions`; so does the remote
 side of a Databricks step (definitions.py), from the environment.
 

@@ -10,7 +10,7 @@ and configures it in that folder's `defs.yaml`:
       databricks_launch: pipes
       databricks_volume: "{{ env('BRONZE_VOLUME') }}"
 
-It builds what `build_definitions` (orchestration/build.py) builds: the
+It builds what `build_definitions` (component/build.py) builds: the
 partitioned `bronze` asset, its sensor and the target's resources. Each
 attribute is the setting of the same name (settings.py, docs/settings.md):
 an attribute left out falls back to its `FANOUT_<NAME>` environment variable,
@@ -207,7 +207,7 @@ class BronzeFanout(Component, Resolvable, Model):
         return component
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        from fanout_dagster.orchestration.build import build_definitions
+        from fanout_dagster.component.build import build_definitions
 
         settings = self.settings(context.project_root, context.defs_module_name)
         return build_definitions(settings, in_process=self.in_process_executor)
