@@ -202,6 +202,7 @@ def test_overwrite_rerun_replaces_the_table_in_a_new_version(spark, project, wri
     assert old.first().n == count
 
 
+@pytest.mark.duration(100)
 def test_the_table_is_known_by_its_name_to_a_new_spark_process(spark, project, writer, tmp_path):
     """Another Spark process on the same warehouse (a shell, the next run) finds
     `<schema>.<table>` by name."""

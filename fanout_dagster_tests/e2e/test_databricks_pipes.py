@@ -94,6 +94,7 @@ def volume_files(emu) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
+@pytest.mark.duration(150)
 def test_pipes_runs_on_every_kind_of_compute_with_per_object_outcomes(project, tmp_path, spark):
     place_objects(project, PLACEMENT)
     (project.data / "erp/suppliers/suppliers.csv").unlink()  # fails remotely, alone

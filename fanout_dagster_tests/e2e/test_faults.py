@@ -97,6 +97,7 @@ def kill_leftover_group(pgid: int) -> None:
     ("kill_scope", "storage"),
     [("daemon_process", "sqlite"), ("process_group", "sqlite"), ("process_group", "postgres")],
 )
+@pytest.mark.duration(150)
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
     project, tmp_path, spark, kill_scope, dagster_storage
 ):

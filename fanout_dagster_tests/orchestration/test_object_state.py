@@ -69,6 +69,7 @@ def test_state_lives_in_the_key_value_store_and_the_cursor_stays_small(instance,
     assert kv_entries(instance, objects) == entries
 
 
+@pytest.mark.duration(100)
 def test_ten_thousand_objects_steady_ticks_write_nothing_and_prune_in_one_line(instance, tmp_path):
     configs, data = write_scale_configs(tmp_path / "scale", 10_000, 100)
     # Files older than the parse cache's settle window, so that it keeps them.
