@@ -144,17 +144,28 @@ def rescued(row) -> dict | None:
 
 def test_rescue_takes_names_with_dots_and_brackets_as_they_are(spark, project, writer):
     """`note.x` is a column of its own, not field `x` of `note`; a type change on
-    `price.usd` is that column's, not `price`'s."""
-    load(writer, rows(spark, "id INT, note STRING, `price.usd` INT", [(1, "a", 10)]), "rescue")
+    `price.usd` is that column's, not `price`'s; nested names are whole too."""
+    first = "id INT, note STRING, `price.usd` INT, s STRUCT<`x.y`: INT>"
+    load(writer, rows(spark, first, [(1, "a", 10, (1,))]), "rescue")
     later = rows(
         spark,
-        "id INT, note STRING, `price.usd` STRING, `note.x` STRING, `a[0]` INT, `m{k}` INT",
-        [(2, "b", "12x", "new", 7, 8), (3, "c", "30", None, None, None)],
+        "id INT, note STRING, `price.usd` STRING, s STRUCT<`x.y`: INT, `z.w`: STRING>, "
+        "`note.x` STRING, `a[0]` INT, `m{k}` INT",
+        [(2, "b", "12x", (2, "q"), "new", 7, 8), (3, "c", "30", None, None, None, None)],
     )
     load(writer, later, "rescue")
     got = table_rows(spark, project)
-    assert [(r["id"], r["note"], r["price.usd"]) for r in got] == [(2, "b", None), (3, "c", 30)]
-    assert rescued(got[0]) == {"price.usd": "12x", "note.x": "new", "a[0]": "7", "m{k}": "8"}
+    assert [(r["id"], r["note"], r["price.usd"], r["s"]) for r in got] == [
+        (2, "b", None, (2,)),
+        (3, "c", 30, None),
+    ]
+    assert rescued(got[0]) == {
+        "price.usd": "12x",
+        "s": '{"x.y":2,"z.w":"q"}',
+        "note.x": "new",
+        "a[0]": "7",
+        "m{k}": "8",
+    }
     assert rescued(got[1]) is None
 
 
