@@ -1,14 +1,17 @@
 """Bronze tables: Delta Lake, written by one writer locally and on Databricks.
 
-A bronze table holds one object. Its rows carry audit columns (ingest.py), two
-of which make the loads idempotent:
+A bronze table holds one object. Its rows carry audit columns (ingest.py):
+`_load_id` names the source file a row came from (a hash of the file's path
+relative to the data root), so a file's rows can be replaced as a whole.
 
-- `_load_id`: which source file a row came from (a hash of the file's path
-  relative to the data root);
-- `_source_size`, `_source_modified`, `_source_hash`: the file's size and
-  modification time when it was read, and the hash of the object's source
-  definition (format, path, options, schema). Together they record, durably
-  and in the same transaction as the rows, which files the table already holds.
+Which source files a table holds is recorded in each commit's own metadata
+(`userMetadata`, with the run and object): every file read into it, with or
+without rows (an empty file is held too, and never read again), with its size
+and modification time, and the hash of the source definition (format, path,
+options, schema) they were read with. The record is part of the commit that
+wrote the rows, so the two never part. A table whose commits carry no record
+(written before it existed) is judged by its rows' `_source_size`,
+`_source_modified` and `_source_hash`.
 
 Every write is one Delta transaction, so a write that fails or is killed half
 way commits nothing and the previous version stays readable:
@@ -29,14 +32,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from fanout_dagster.core.schema_policy import EvolutionMode, SchemaChangeRejected, conform
+from fanout_dagster.core.schema_policy import (
+    RESCUED_COLUMN,
+    EvolutionMode,
+    SchemaChangeRejected,
+    conform,
+)
 
 LOAD_COLUMN = "_load_id"
 # Identifiers that reach SQL: validated table names (objects.py), the schema
@@ -52,9 +61,20 @@ class LoadRejected(Exception):
 class FileState:
     """What a table records about one source file it holds."""
 
-    size: int
-    modified_ms: int
-    source_hash: str
+    size: int | None  # None: no file (rows of a table source)
+    modified_ms: int | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """The source files a table holds (load id -> state) and the hashes of the source
+    definitions they were read with (one, except in rows written before a reload)."""
+
+    source_hashes: frozenset[str]
+    files: Mapping[str, FileState]
+
+
+NO_FILES = FileRecord(frozenset(), {})
 
 
 @dataclass(frozen=True)
@@ -79,9 +99,63 @@ def quote(name: str) -> str:
     return ".".join(f"`{part}`" for part in parts)
 
 
-def commit_tag(run_id: str, key: str) -> str:
-    """The userMetadata of a bronze commit: which run wrote which object."""
-    return json.dumps({"dagster_run_id": run_id, "partition_key": key}, sort_keys=True)
+def commit_tag(run_id: str, key: str, files: FileRecord | None = None) -> str:
+    """The userMetadata of a bronze commit: which run wrote which object, and the
+    record of the source files the table holds after this commit."""
+    tag: dict[str, Any] = {"dagster_run_id": run_id, "partition_key": key}
+    if files is not None:
+        [source_hash] = files.source_hashes  # a commit's files share one source definition
+        tag["source_hash"] = source_hash
+        tag["source_files"] = {
+            load_id: [state.size, state.modified_ms] for load_id, state in files.files.items()
+        }
+    return json.dumps(tag, sort_keys=True)
+
+
+def _bronze_tag(user_metadata: str | None) -> dict[str, Any] | None:
+    """A commit's userMetadata read as a bronze commit tag; None for another writer's."""
+    try:
+        tag = json.loads(user_metadata or "")
+    except ValueError:
+        return None
+    if isinstance(tag, dict) and {"dagster_run_id", "partition_key"} <= tag.keys():
+        return tag
+    return None
+
+
+def _recorded_files(tag: Mapping[str, Any]) -> FileRecord | None:
+    files = tag.get("source_files")
+    if not isinstance(files, dict) or not isinstance(tag.get("source_hash"), str):
+        return None  # written before commits recorded their files
+    return FileRecord(
+        frozenset([tag["source_hash"]]),
+        {load_id: FileState(*state) for load_id, state in files.items()},
+    )
+
+
+def record_in_history(entries: Sequence[Row]) -> tuple[FileRecord | None, bool]:
+    """The file record of a table's current state, from its history (newest first):
+    `(record, True)` when decided (record None: no commit says, the rows tell),
+    `(None, False)` when these entries are not enough.
+
+    The record is the newest bronze commit's. Other writers' commits (OPTIMIZE,
+    a user's DELETE) leave it standing: deleted rows are not read again. A
+    RESTORE brings back the record of the version it restored.
+    """
+    restored_to: int | None = None
+    for entry in entries:
+        if restored_to is not None and entry.version > restored_to:
+            continue
+        if entry.operation == "RESTORE":
+            version = (entry.operationParameters or {}).get("version")
+            if version is None:  # restored to a timestamp
+                return None, True
+            restored_to = int(version)
+            continue
+        tag = _bronze_tag(entry.userMetadata)
+        if tag is not None:
+            return _recorded_files(tag), True
+    return None, False
 
 
 class BronzeTableWriter:
@@ -119,24 +193,45 @@ class BronzeTableWriter:
     def table_schema(self, table: str) -> StructType | None:
         return self.spark.table(quote(self.full_name(table))).schema if self.exists(table) else None
 
-    def ingested_files(self, table: str) -> dict[str, FileState]:
-        """load id -> the state of the source file whose rows the table holds."""
+    def ingested_files(self, table: str) -> FileRecord:
+        """The source files the table holds, from its history (`record_in_history`);
+        for a table whose commits record none, the files its rows came from."""
         if not self.exists(table):
-            return {}
+            return NO_FILES
+        name = quote(self.full_name(table))
+        for limit in (1, 100):  # the newest commit is nearly always a bronze one
+            entries = (
+                self.spark.sql(f"DESCRIBE HISTORY {name} LIMIT {limit}")
+                .select("version", "operation", "operationParameters", "userMetadata")
+                .collect()
+            )
+            record, decided = record_in_history(entries)
+            if decided or len(entries) < limit:
+                break
+        return record if record is not None else self._files_of_rows(name)
+
+    def _files_of_rows(self, name: str) -> FileRecord:
         rows = (
-            self.spark.table(quote(self.full_name(table)))
+            self.spark.table(name)
             .groupBy(LOAD_COLUMN)
             .agg(
                 F.max("_source_size").alias("size"),
                 F.max(F.unix_millis("_source_modified")).alias("modified_ms"),
-                F.max("_source_hash").alias("source_hash"),
+                F.collect_set("_source_hash").alias("source_hashes"),
             )
             .collect()
         )
-        return {
-            row[LOAD_COLUMN]: FileState(int(row.size), int(row.modified_ms), row.source_hash)
-            for row in rows
-        }
+        # Rows of a table source have no size and time (int(None) would fail).
+        return FileRecord(
+            frozenset(h for row in rows for h in row.source_hashes),
+            {
+                row[LOAD_COLUMN]: FileState(
+                    None if row.size is None else int(row.size),
+                    None if row.modified_ms is None else int(row.modified_ms),
+                )
+                for row in rows
+            },
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -187,8 +282,15 @@ class BronzeTableWriter:
         if df is None:
             if current is None:
                 raise LoadRejected(self._empty_message(table, current))
-            df = self.spark.table(quote(self.full_name(table))).limit(0).drop("_rescued_data")
-        conformed, merge = self._conform(df, current, mode, table)
+            df = self._no_rows(table)
+        try:
+            conformed, merge = self._conform(df, current, mode, table)
+        except LoadRejected:
+            if current is None or not df.isEmpty():
+                raise
+            # Files without rows (a header-only CSV, its columns typed as text by
+            # inference): nothing to fit to the table; the commit records them.
+            conformed, merge = self._conform(self._no_rows(table), current, mode, table)
         if not allow_empty and conformed.isEmpty():
             kept = 0
             if current is not None and not reload:
@@ -203,6 +305,10 @@ class BronzeTableWriter:
         self._write(conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current)
         rows = self.spark.table(quote(self.full_name(table))).count()
         return self._commit(table, tag, conformed.schema, rows=rows)
+
+    def _no_rows(self, table: str) -> DataFrame:
+        """No rows, in the table's columns (as a load has them)."""
+        return self.spark.table(quote(self.full_name(table))).limit(0).drop(RESCUED_COLUMN)
 
     def _conform(
         self, df: DataFrame, current: StructType | None, mode: EvolutionMode, table: str
