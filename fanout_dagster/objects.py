@@ -11,13 +11,15 @@ bad object never hides the valid objects of its own or other files.
 
 No Dagster import at module level: the loader is plain Python, used by the
 sensor, the asset, the run coordinator and the benchmark alike. (A `schedule`
-is checked with Dagster's own cron check, imported when one is first seen.)
+is checked with Dagster's own cron check, imported when one is first seen,
+wherever Dagster is installed; see `_valid_cron` for where it is not.)
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -219,6 +221,12 @@ def _ddl_problem(value: str) -> str | None:
 @lru_cache(maxsize=1024)
 def _valid_cron(value: str) -> bool:
     # Dagster's own check, so what validates here is what its schedules accept.
+    # The Pipes remote side (remote/pipes_entry.py) has no Dagster: it never
+    # schedules, and the orchestrator that requested its run checked the same
+    # configs with this very check. A cron check of our own there could only
+    # disagree with Dagster's, and refuse an object the orchestrator accepted.
+    if importlib.util.find_spec("dagster") is None:
+        return True
     from dagster._utils.schedules import is_valid_cron_string
 
     return is_valid_cron_string(value)
