@@ -26,7 +26,9 @@ This module decides, per Dagster run, what either mode hands Databricks:
   run name carrying the Dagster run id and its objects;
 - environment variables for the remote side, never a credential: the token
   stays in this process (databricks-sdk's usual sources: DATABRICKS_HOST /
-  DATABRICKS_TOKEN, or a ~/.databrickscfg profile).
+  DATABRICKS_TOKEN, or a ~/.databrickscfg profile);
+- every Databricks API call riding out throttling (429) and unavailability
+  (503) with backoff, for a bounded time (resources/databricks_api.py).
 
 Under the step launcher the remote step rebuilds the same definitions with
 FANOUT_REMOTE_STEP=1, where there is no launcher (the step is already remote),
@@ -51,6 +53,7 @@ from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySpar
 
 from fanout_dagster.objects import DEFAULT_CLUSTER
 from fanout_dagster.resources.bronze_tables import BronzeTables
+from fanout_dagster.resources.databricks_api import ThrottlePolicy, ride_out_throttling
 from fanout_dagster.resources.object_configs import ObjectConfigs
 from fanout_dagster.resources.object_loader import LocalObjectLoader
 from fanout_dagster.resources.spark import ClusterSparkResource
@@ -288,12 +291,16 @@ class IdempotentStepLauncher(DatabricksPySparkStepLauncher):
       objects twice;
     - a code bundle built for this step and removed after it, and the step's
       DBFS staging folder removed after it (success or failure);
-    - the Databricks run's page in the step's log.
+    - the Databricks run's page in the step's log;
+    - every API call it makes (DBFS, runs/submit, runs/get...) retried through
+      throttling and unavailability, by `throttle`.
     """
 
-    def __init__(self, *, configs_dir: str, **kwargs: Any):
+    def __init__(self, *, configs_dir: str, throttle: ThrottlePolicy | None = None, **kwargs: Any):
         super().__init__(local_dagster_job_package_path=str(PROJECT_ROOT), **kwargs)
         self.configs_dir = configs_dir
+        # The launcher calls Databricks only through this client.
+        ride_out_throttling(self.databricks_runner.client.workspace_client, throttle)
 
     def launch_step(self, step_context: StepExecutionContext) -> Iterator[DagsterEvent]:
         token = idempotency_token(
