@@ -10,8 +10,8 @@ allowed distributions and of what they require, built once per set of distributi
 ``<root>/task-env/site/<hash>`` and shared by every task (and Spark Python worker) with that set.
 
 * The runtime here is :data:`RUNTIME_LIBRARIES`: pyspark with what it needs on either kind of
-  compute (py4j; pandas, pyarrow, grpcio... for Spark Connect). Nothing else: code that needs
-  more names it, as it must on a workspace whose runtime lacks it.
+  compute (py4j; pandas, pyarrow, grpcio... for Spark Connect) and Delta Lake's Python API.
+  Nothing else: code that needs more names it, as it must on a workspace whose runtime lacks it.
 * A named library comes from the server's environment at its installed version: the emulator
   installs nothing from PyPI. One it does not have, or has at a version the requirement
   excludes, is reported on the task's stderr (:attr:`TaskLibraries.notes`); the task runs
@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
-# What every task has besides the standard library, as a Databricks Runtime has it preinstalled.
-RUNTIME_LIBRARIES: tuple[str, ...] = ("pyspark[connect]",)
+# What every task has besides the standard library, as a Databricks Runtime has it preinstalled:
+# PySpark (with what Spark Connect needs) and Delta Lake's Python API (`delta`).
+RUNTIME_LIBRARIES: tuple[str, ...] = ("pyspark[connect]", "delta-spark")
 
 
 @dataclass

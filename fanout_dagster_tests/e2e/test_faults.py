@@ -30,6 +30,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
+from databricks_emulator.faults import path_under
 from fanout_dagster.objects import load_objects
 from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
@@ -546,7 +547,7 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
         assert pending == dict.fromkeys(pending, 0), (pending, stats["api_calls"])
         met = {(f["method"], f["path"]) for f in served}
         for method, path in calls:
-            hits = [f for f in served if f["method"] == method and f["path"].startswith(path)]
+            hits = [f for f in served if f["method"] == method and path_under(f["path"], path)]
             assert [f["status"] for f in hits] == [429, 503], (method, path, met)
         assert stats["faults_injected"] == {
             "http_429": len(calls),
