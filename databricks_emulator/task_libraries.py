@@ -180,6 +180,8 @@ def link_distribution(dist: metadata.Distribution, site: Path) -> None:
     base = Path(str(dist.locate_file("")))
     for file in dist.files or []:
         parts = Path(str(file)).parts
+        # Scripts and data outside site-packages (".."), caches, and path files: a .pth could
+        # put other folders (a working tree) back on the task's path.
         if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith(".pth"):
             continue
         _link_first_package(base, site, parts)

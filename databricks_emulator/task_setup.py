@@ -8,6 +8,7 @@ Per task, under ``<root>/runs/<run_id>/<task_key>/``:
 * ``bootstrap.json`` -- what :mod:`.bootstrap` needs; ``secrets.json`` (0600, deleted by the task
   once read) -- the secret snapshot for ``dbutils.secrets``;
 * ``stdout.log`` / ``stderr.log`` -- the process output; ``error.json`` -- an uncaught exception;
+  ``imports.json`` -- the top-level modules the script imported, and from where;
 * ``work/`` -- the driver's working directory.
 """
 
