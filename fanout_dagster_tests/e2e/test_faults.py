@@ -23,6 +23,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -514,7 +515,8 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
 
     key, table = "erp-payments", "erp_payments"  # append: a second load would add rows
     keep_objects(project, [key])
-    options = (
+    # Pipes: sources and staging on volumes, no DBFS root; the step launcher: DBFS.
+    options: dict[str, Any] = (
         {"data_in": "volume", "dbfs_root": False, "env": pipes_env(tmp_path)}
         if launch == "pipes"
         else {}
