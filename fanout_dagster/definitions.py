@@ -5,7 +5,7 @@ component (component/bronze_fanout.py).
 On a Databricks cluster, the step launcher's remote side imports this module
 from the code bundle (the package and the configs, no pyproject.toml, so no
 defs folder to discover) and rebuilds the same definitions from the settings
-the launching side passed in its environment (databricks/step_launcher.py).
+the launching side passed in its environment (databricks/submission.py).
 """
 
 from __future__ import annotations

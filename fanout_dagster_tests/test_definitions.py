@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, Definitions, in_process_executor
 
-from fanout_dagster.databricks.step_launcher import code_bundle, remote_env
+from fanout_dagster.databricks.submission import code_bundle, remote_env
 from fanout_dagster.definitions import defs
 from fanout_dagster.settings import Settings
 from fanout_dagster_tests.helpers import REPO_ROOT, SAMPLE_CONFIGS, child_env

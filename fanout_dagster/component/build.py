@@ -11,7 +11,7 @@ The target is picked here and only here (`target`, see settings.py):
   (`spark: embedded`); bronze Delta tables `bronze.<table>` under warehouse/;
   no credentials;
 - `databricks`: each step's objects load in a Databricks run, by one of two
-  launch modes (`databricks_launch`, databricks/step_launcher.py): the
+  launch modes (`databricks_launch`, databricks/target.py): the
   dagster-databricks step launcher (the whole step on the cluster, staged on
   DBFS) or Dagster Pipes (a job run on a cluster or serverless compute,
   staged on a Unity Catalog volume, objects reported back as they finish).
@@ -63,7 +63,7 @@ def local_resources(settings: Settings) -> dict[str, Any]:
 
 
 def databricks_resources(settings: Settings) -> dict[str, Any]:
-    from fanout_dagster.databricks.step_launcher import databricks_target_resources
+    from fanout_dagster.databricks.target import databricks_target_resources
 
     return databricks_target_resources(settings)
 

@@ -23,6 +23,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +31,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
+from databricks_emulator.faults import path_under
 from fanout_dagster.core.objects import load_objects
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
@@ -472,55 +474,102 @@ def the_dagster_run(instance, timeout: float):
 
 # --------------------------------------------------------------------------- 3. 429 / 503
 
+# Every call kind each launch mode makes, as (HTTP method, path prefix): the step launcher
+# stages on DBFS, submits, polls the run and its events file, and removes its staging; Pipes
+# stages on a volume, submits, polls, reads the Pipes messages and the run's output, cleans up.
+THROTTLED_CALLS = {
+    "step_launcher": [
+        ("POST", "/api/2.0/dbfs/create"),
+        ("POST", "/api/2.0/dbfs/add-block"),
+        ("POST", "/api/2.0/dbfs/close"),
+        ("POST", "/api/2.2/jobs/runs/submit"),
+        ("GET", "/api/2.2/jobs/runs/get"),
+        ("GET", "/api/2.0/dbfs/read"),
+        ("GET", "/api/2.0/dbfs/get-status"),
+        ("POST", "/api/2.0/dbfs/delete"),
+        ("GET", "/api/2.0/dbfs/list"),
+    ],
+    "pipes": [
+        ("PUT", "/api/2.0/fs/directories"),
+        ("PUT", "/api/2.0/fs/files"),
+        ("POST", "/api/2.2/jobs/runs/submit"),
+        ("GET", "/api/2.2/jobs/runs/get"),
+        ("GET", "/api/2.0/fs/files"),
+        ("GET", "/api/2.2/jobs/runs/get-output"),
+        ("GET", "/api/2.0/fs/directories"),
+        ("DELETE", "/api/2.0/fs/files"),
+        ("DELETE", "/api/2.0/fs/directories"),
+    ],
+}
+
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launch", ["step_launcher", "pipes"])
 def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
-    project, tmp_path, spark
+    project, tmp_path, spark, launch
 ):
-    """3 x 429 on runs/get while the run is going, 3 x 503 on DBFS while the
-    step stages its files: the SDK's retries absorb them, the run succeeds,
-    one Databricks run does the work once."""
-    key, table = "erp-stores", "erp_stores"
+    """Every call kind of the launch mode is refused twice before it is served: a 429
+    (with Retry-After on half of them, without on the others) and a 503; and the submit is
+    answered 503 after Databricks had started the run. The run succeeds, one Databricks run
+    does the work, once: an append table holds each source file's rows once."""
+    from fanout_dagster_tests.e2e.test_databricks_pipes import pipes_env
+
+    key, table = "erp-payments", "erp_payments"  # append: a second load would add rows
     keep_objects(project, [key])
+    # Pipes: sources and staging on volumes, no DBFS root; the step launcher: DBFS.
+    options: dict[str, Any] = (
+        {"data_in": "volume", "dbfs_root": False, "env": pipes_env(tmp_path)}
+        if launch == "pipes"
+        else {}
+    )
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}, **options
     ) as (instance, emu, _home):
-        # Before the step: its DBFS uploads (code bundle, step run ref) get 503s.
-        emu.inject_faults(http_503=3, path_prefix="/api/2.0/dbfs/")
-        # Once the run is submitted: the launcher's polls get 429s.
-        wait_for(
-            lambda: emu.stats()["runs_submitted"] >= 1,
-            300,
-            "the Databricks submit",
-            on_timeout=lambda: describe_runs(instance),
-        )
-        emu.inject_faults(http_429=3, path_prefix="/api/2.2/jobs/runs/get")
+        calls = THROTTLED_CALLS[launch]
+        for index, (method, path) in enumerate(calls):
+            retry_after = 1 if index % 2 == 0 else None
+            emu.inject_faults(
+                http_429=1, retry_after_seconds=retry_after, path_prefix=path, method=method
+            )
+            emu.inject_faults(http_503=1, retry_after_seconds=None, path_prefix=path, method=method)
+        emu.inject_faults(unavailable_after_submit=1)
         wait_for(
             lambda: all_runs_finished(instance, 1),
-            300,
+            600,
             "the run",
             on_timeout=lambda: describe_runs(instance) + str(emu.stats()),
         )
         stats = emu.stats()
         pending = emu.faults.pending()
+        served = emu.faults.served()
         [run] = instance.get_runs()
         assert run.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + "\n".join(
             step_failure_messages(instance, run.run_id)
         )
-        # The faults were really served, all of them, to the calls they targeted.
-        assert stats["faults_injected"] == {"http_429": 3, "http_503": 3}, stats
-        assert pending == {"drop_submit_responses": 0, "http_429": 0, "http_503": 0}
-        assert stats["api_calls"]["jobs/runs/get"] > 3
-        # One Databricks run, started once, succeeded.
-        assert stats["runs_submitted"] == stats["runs_started"] == 1
+        # Every call kind met its faults: all were served, two per call kind.
+        assert pending == dict.fromkeys(pending, 0), (pending, stats["api_calls"])
+        met = {(f["method"], f["path"]) for f in served}
+        for method, path in calls:
+            hits = [f for f in served if f["method"] == method and path_under(f["path"], path)]
+            assert [f["status"] for f in hits] == [429, 503], (method, path, met)
+        assert stats["faults_injected"] == {
+            "http_429": len(calls),
+            "http_503": len(calls),
+            "unavailable_after_submit": 1,
+        }, stats
+        # One Databricks run, started once although its submit was retried four times.
+        assert stats["api_calls"]["jobs/runs/submit"] == 4, stats["api_calls"]
+        assert stats["runs_submitted"] == stats["runs_started"] == 1, stats
+        assert stats["idempotent_replays"] == 1, stats
         assert stats["runs_by_result_state"] == {"SUCCESS": 1}
         assert instance.get_materialized_partitions(BRONZE) == {key}
 
+    # The work, done once: each source file's rows once, one load per file, one writer.
     obj = load_objects(project.configs).by_key()[key]
+    files = expected_source_files(project.data, obj)
     table_df = uc_table(spark, emu, table)
-    assert table_df.count() == spark_source_count(
-        spark, obj, expected_source_files(project.data, obj)
-    )
+    assert table_df.count() == spark_source_count(spark, obj, files)
+    assert table_df.select("_load_id").distinct().count() == len(files)
     assert table_df.select("_dagster_run_id").distinct().count() == 1
 
 
