@@ -146,7 +146,7 @@ def test_audit_columns_end_every_table(spark, project, writer):
 KILLED_WRITER = """
 import sys, time
 from pyspark.sql import functions as F
-from fanout_dagster import ingest
+from fanout_dagster.core import ingest
 from fanout_dagster.core.objects import load_objects
 from fanout_dagster.orchestration.resources.spark import LocalSparkResource
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables

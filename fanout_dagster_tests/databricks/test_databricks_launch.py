@@ -363,7 +363,7 @@ def test_serverless_on_a_workspace_without_it_fails_the_run_naming_the_cluster(
 
 REMOTE_LOAD = """
 import json, sys
-from fanout_dagster import objects
+from fanout_dagster.core import objects
 loaded = objects.load_objects(sys.argv[1])
 print(json.dumps({"keys": sorted(loaded.by_key()), "errors": [str(e) for e in loaded.errors],
                   "dagster": "dagster" in sys.modules, "from": objects.__file__}))
