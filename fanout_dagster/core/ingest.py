@@ -37,6 +37,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
+from fanout_dagster.core.expectations import ExpectationChecks, ExpectationsReport
 from fanout_dagster.core.objects import ObjectConfig, SourceSpec
 from fanout_dagster.core.tables import BronzeTableWriter, Commit, FileState, commit_tag
 
@@ -84,6 +85,8 @@ class LoadResult:
     load_ids: tuple[str, ...]  # the `_load_id`s (source files) this load replaced
     reloaded: bool  # append: the source definition changed, the table was reloaded
     seconds: float
+    # What the object's expectations did to this load (None: it declares none).
+    expectations: ExpectationsReport | None = None
 
 
 # --------------------------------------------------------------------------- listing
@@ -305,11 +308,14 @@ def ingest_object(
     tag = commit_tag(run_id, obj.key)
     allow_empty = target.on_empty == "allow"
     mode = target.schema_evolution_mode
+    checks = ExpectationChecks.of(obj, writer)
 
     if obj.source.table:
         df = _audited_table_source(spark, obj, run_id)
-        commit = writer.overwrite(df, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, 1, 1, (), False, started)
+        commit = writer.overwrite(
+            df, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, 1, 1, (), False, started, checks)
 
     files = list_source_files(spark, data_root, obj.source)
     root_path = _uri_path(data_root) if is_uri_root(data_root) else str(_local_root(data_root))
@@ -337,8 +343,10 @@ def ingest_object(
                     f"table {writer.full_name(table)} keeps its previous version"
                 )
             rows = spark.table(writer.full_name(table)).limit(0)
-        commit = writer.overwrite(rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, len(files), len(files), (), False, started)
+        commit = writer.overwrite(
+            rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, len(files), len(files), (), False, started, checks)
 
     done = writer.ingested_files(table)
     # Rows of another source definition: the table starts over from this source.
@@ -360,8 +368,9 @@ def ingest_object(
         allow_empty=allow_empty,
         tag=tag,
         reload=reload,
+        checks=checks,
     )
-    return _result(obj, commit, len(files), len(todo), load_ids, reload, started)
+    return _result(obj, commit, len(files), len(todo), load_ids, reload, started, checks)
 
 
 def _audited_table_source(spark: SparkSession, obj: ObjectConfig, run_id: str) -> DataFrame:
@@ -387,6 +396,7 @@ def _result(
     load_ids: tuple[str, ...],
     reloaded: bool,
     started: float,
+    checks: ExpectationChecks | None = None,
 ) -> LoadResult:
     return LoadResult(
         key=obj.key,
@@ -403,7 +413,17 @@ def _result(
         load_ids=load_ids,
         reloaded=reloaded,
         seconds=time.perf_counter() - started,
+        expectations=_expectations_report(checks, commit),
     )
+
+
+def _expectations_report(
+    checks: ExpectationChecks | None, commit: Commit
+) -> ExpectationsReport | None:
+    if checks is None:
+        return None
+    # A load that found nothing new checked no row.
+    return checks.report() if commit.written else checks.empty_report()
 
 
 def _unchanged(

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fanout_dagster.core.objects.errors import (
     ConfigError,
+    Loc,
     format_loc,
     translate,
     type_name,
@@ -269,8 +270,9 @@ def _parse_document(document: Any, name: str) -> _ParsedFile:
         try:
             obj = ObjectConfig.model_validate(data, context={"config_file": name})
         except ValidationError as exc:
+            inherited = _inherited_expectations(defaults, entry)
             errors.extend(
-                ConfigError(name, format_loc(prefix, loc), message)
+                _object_error(name, prefix, loc, message, inherited)
                 for loc, message in translate(exc.errors(), ObjectConfig)
             )
             continue
@@ -295,7 +297,39 @@ def _with_defaults(defaults: Mapping[str, Any], entry: Mapping[Any, Any]) -> dic
     source = entry.get("source")
     if isinstance(source, Mapping) and source.get("table") is not None:
         defaults = {key: value for key, value in defaults.items() if key != "source"}
-    return _deep_merge(defaults, entry)
+    merged = _deep_merge(defaults, entry)
+    if "expectations" in defaults:
+        own = entry.get("expectations")
+        own = own if isinstance(own, list) else []
+        inherited = _inherited_expectations(defaults, entry)
+        merged["expectations"] = own + [defaults["expectations"][i] for i in inherited.values()]
+    return merged
+
+
+def _inherited_expectations(
+    defaults: Mapping[str, Any], entry: Mapping[Any, Any]
+) -> dict[int, int]:
+    """The file's expectations an object takes: those whose name it does not give
+    itself, after its own (so its own keep their indexes in messages), as
+    {index in the object's expectations: index in the defaults'}."""
+    own = entry.get("expectations")
+    if "expectations" not in defaults or (own is not None and not isinstance(own, list)):
+        return {}
+    own = own or []
+    names = {item.get("name") for item in own if isinstance(item, Mapping)}
+    kept = [i for i, item in enumerate(defaults["expectations"]) if item["name"] not in names]
+    return {len(own) + n: i for n, i in enumerate(kept)}
+
+
+def _object_error(
+    name: str, prefix: str, loc: Loc, message: str, inherited: Mapping[int, int]
+) -> ConfigError:
+    """An object's error, placed on the file's defaults when it is about an
+    expectation the object took from them."""
+    if len(loc) > 1 and loc[0] == "expectations" and loc[1] in inherited:
+        where = format_loc("defaults", ("expectations", inherited[int(loc[1])], *loc[2:]))
+        return ConfigError(name, where, f"{message} (in {prefix or 'the object'})")
+    return ConfigError(name, format_loc(prefix, loc), message)
 
 
 def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, Any]:
