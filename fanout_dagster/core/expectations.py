@@ -26,6 +26,7 @@ No Dagster import: it runs wherever a load runs (tables.py calls it).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,7 @@ class ExpectationChecks:
         self.writer = writer
         self.quarantine_table = quarantine_table
         self._observation: Any = None
+        self._unobserved: Any = None  # the observed rows' plan without the observation
         self._counts: dict[str, int] | None = None
 
     @classmethod
@@ -215,22 +217,43 @@ class ExpectationChecks:
         if counted:
             # A new Observation per load: each gets the metrics of the one action
             # that reads it, this write (the emptiness check read other rows).
+            self._unobserved = flagged
             self._observation = Observation()
             flagged = flagged.observe(self._observation, *self._metrics())
         else:
-            [row] = flagged.agg(*self._metrics()).collect()
-            self._counts = row.asDict()
+            self._counts = self._count(flagged)
         return self._only(flagged, _KEEP)
 
+    def _count(self, flagged: DataFrame) -> dict[str, int]:
+        [row] = flagged.agg(*self._metrics()).collect()
+        return {name: int(value) for name, value in row.asDict().items()}
+
     # ------------------------------------------------------------------ after the write
+
+    def _observed(self) -> dict[str, int]:
+        """The write's observed counts. Should a Spark not report them (the write
+        committed all the same), the rows are counted again rather than the
+        committed load reported as failed."""
+        try:
+            counts = dict(self._observation.get)
+        except Exception:  # noqa: BLE001 - classic pyspark asserts on missing metrics
+            counts = {}
+        if counts:
+            return {name: int(value) for name, value in counts.items()}
+        print(
+            "fanout expectations: the write reported no observed metrics; counting again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return self._count(self._unobserved)
 
     def report(self) -> ExpectationsReport:
         """The counts of the load just written."""
         counts = self._counts
         if counts is None and self._observation is not None:
-            counts = dict(self._observation.get)
-        if not counts:
-            raise RuntimeError("the expectations of this load were not counted")
+            counts = self._observed()
+        if counts is None:
+            raise RuntimeError("the expectations of this load were never counted")
         return ExpectationsReport(
             rows_checked=int(counts["rows"]),
             rows_dropped=int(counts[_DROP]),

@@ -346,21 +346,23 @@ def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, A
 def _reject_duplicates(
     candidates: list[ObjectConfig],
 ) -> tuple[list[ObjectConfig], list[ConfigError]]:
-    """Partition keys and target tables must be unique across all files.
+    """Partition keys and tables (bronze and quarantine) must be unique across all files.
 
     Every object in a clash is rejected (not just the second one), because
     which file "wins" would otherwise depend on file-name order.
     """
     errors: list[ConfigError] = []
     rejected: set[int] = set()
-    attributes: tuple[tuple[Callable[[ObjectConfig], str], str], ...] = (
-        (lambda o: o.key, "partition key"),
-        (lambda o: o.target.table, "table"),
+    # The tables an object writes: its bronze table, and its quarantine table.
+    attributes: tuple[tuple[Callable[[ObjectConfig], list[str]], str], ...] = (
+        (lambda o: [o.key], "partition key"),
+        (lambda o: [o.target.table, *filter(None, [o.quarantine_table])], "table"),
     )
     for attr, label in attributes:
         seen: dict[str, list[int]] = {}
         for index, obj in enumerate(candidates):
-            seen.setdefault(attr(obj), []).append(index)
+            for value in attr(obj):
+                seen.setdefault(value, []).append(index)
         for value, indexes in seen.items():
             if len(indexes) < 2:
                 continue
