@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from functools import lru_cache
 from types import ModuleType
+from typing import Any, NamedTuple
 
 # The columns ingest.py adds to every row (ingest.AUDIT_COLUMNS, which imports
 # pyspark; a test keeps the two equal).
@@ -58,19 +59,30 @@ def _sqlglot() -> ModuleType | None:
     return sqlglot
 
 
+class _Analysis(NamedTuple):
+    problem: str | None  # why the text is no row condition; None: fine, or not known
+    columns: frozenset[str] | None  # the columns it names; None: not known
+
+
 def expression_problem(text: str) -> str | None:
     """Why `text` is not a row expression of Spark SQL, or None (also when sqlglot is absent)."""
     if not text.strip():
         return "must not be empty"
-    return _expression_problem(text)
+    return _analysis(text).problem
+
+
+def referenced_columns(text: str) -> frozenset[str] | None:
+    """The top-level columns `text` names (lower case), or None when that is not
+    known (sqlglot absent, or the text is no valid expression)."""
+    return _analysis(text).columns
 
 
 @lru_cache(maxsize=4096)
-def _expression_problem(text: str) -> str | None:
+def _analysis(text: str) -> _Analysis:
+    """One parse per text (the sensor reads every config each tick; changed files only)."""
     sqlglot = _sqlglot()
     if sqlglot is None:
-        return None
-    from sqlglot import exp
+        return _Analysis(None, None)
     from sqlglot.errors import ParseError, SqlglotError
 
     try:
@@ -78,16 +90,23 @@ def _expression_problem(text: str) -> str | None:
     except ParseError as exc:
         where = exc.errors[0] if exc.errors else {}
         if where.get("highlight"):
-            return (
+            return _Analysis(
                 f"{text!r} is not valid Spark SQL: error near {where['highlight']!r} "
-                f"(line {where.get('line')}, column {where.get('col')})"
+                f"(line {where.get('line')}, column {where.get('col')})",
+                None,
             )
-        return f"{text!r} is not valid Spark SQL: {_first_line(exc)}"
+        return _Analysis(f"{text!r} is not valid Spark SQL: {_first_line(exc)}", None)
     except SqlglotError as exc:  # e.g. a string left open
-        return f"{text!r} is not valid Spark SQL: {_first_line(exc)}"
+        return _Analysis(f"{text!r} is not valid Spark SQL: {_first_line(exc)}", None)
     if len(parsed) != 1:
-        return f"{text!r} must be one expression, not {len(parsed)} statements"
-    tree = parsed[0]
+        return _Analysis(f"{text!r} must be one expression, not {len(parsed)} statements", None)
+    problem = _shape_problem(text, parsed[0])
+    return _Analysis(problem, None if problem else _columns(parsed[0]))
+
+
+def _shape_problem(text: str, tree: Any) -> str | None:
+    from sqlglot import exp
+
     if isinstance(tree, (exp.Query, exp.Command)) or not isinstance(tree, exp.Condition):
         return f"{text!r} must be an expression over a row, not a statement"
     if tree.find(exp.Subquery, exp.Query) is not None:
@@ -105,26 +124,9 @@ def _expression_problem(text: str) -> str | None:
     return None
 
 
-def _first_line(error: Exception) -> str:
-    # sqlglot underlines the offending token with terminal escape codes.
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text.replace("\x1b[4m", "").replace("\x1b[0m", "")
-
-
-def referenced_columns(text: str) -> frozenset[str] | None:
-    """The top-level columns `text` names (lower case), or None when that is not
-    known (sqlglot absent, or the text does not parse)."""
-    return _referenced_columns(text)
-
-
-@lru_cache(maxsize=4096)
-def _referenced_columns(text: str) -> frozenset[str] | None:
-    sqlglot = _sqlglot()
-    if sqlglot is None or _expression_problem(text) is not None:
-        return None
+def _columns(tree: Any) -> frozenset[str]:
     from sqlglot import exp
 
-    tree = sqlglot.parse_one(text, read="spark")
     # Lambda parameters (`exists(items, x -> x > 0)`) are not columns.
     parameters = {
         parameter.name.lower()
@@ -140,6 +142,12 @@ def _referenced_columns(text: str) -> frozenset[str] | None:
             continue
         names.add(root)
     return frozenset(names)
+
+
+def _first_line(error: Exception) -> str:
+    # sqlglot underlines the offending token with terminal escape codes.
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.replace("\x1b[4m", "").replace("\x1b[0m", "")
 
 
 def unknown_columns(text: str, known: Collection[str]) -> list[str]:
