@@ -158,11 +158,10 @@ class ExpectationChecks:
             for condition, value in cases[1:]:
                 verdict = verdict.when(condition, value)
             verdict = verdict.otherwise(F.lit(_KEEP))
-        return rows.select(
-            "*",
-            *[self._broken(e).alias(_BROKEN.format(i)) for i, e in enumerate(self.expectations)],
-            verdict.alias(_VERDICT),
-        )
+        breaches = [
+            self._broken(e).alias(_BROKEN.format(i)) for i, e in enumerate(self.expectations)
+        ]
+        return rows.select("*", *breaches).select("*", verdict.alias(_VERDICT))
 
     def _only(self, flagged: DataFrame, verdict: str) -> DataFrame:
         """The rows of one verdict, without the internal columns."""
