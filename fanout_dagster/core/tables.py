@@ -225,7 +225,12 @@ class BronzeTableWriter:
             if kept == 0:
                 raise LoadRejected(self._empty_message(table, current))
         whole = current is None or reload  # the table is exactly this load
-        counted = checks is not None and current is not None
+        # Only a whole-table write reports the checks' metrics (DataFrameWriterV2).
+        # Replacing some load ids stays with saveAsTable's replaceWhere: Delta's
+        # V2 overwrite by a filter wrote back the whole table for a load of one
+        # empty new file (numOutputRows 733 of 733, no numCopiedRows). Such a
+        # load counts its own (new) rows first instead.
+        counted = checks is not None and current is not None and whole
         if checks:
             checks.write_aside(conformed, load_ids=None if whole else load_ids, tag=tag)
             load = checks.to_write(conformed, counted=counted)
