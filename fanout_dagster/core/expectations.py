@@ -16,9 +16,10 @@ it). The actions, strongest first, decide what a row that breaks rules does:
 
 Counting needs no pass of its own: the rows are observed (`DataFrame.observe`)
 by the write that reads them, and the counts arrive with the write's result,
-over Spark Connect as on a classic session. Delta's create-table-as-select
-runs its query nested and reports no observed metrics, so the first load of a
-table (it does not exist yet) counts with one aggregation over the rows first.
+over Spark Connect as on a classic session. Two loads count with one
+aggregation over their rows first instead: a table's first load (Delta's
+create-table-as-select runs its query nested and reports no observed metrics)
+and an append load replacing some files' rows (tables.py keeps replaceWhere).
 
 No Dagster import: it runs wherever a load runs (tables.py calls it).
 """
