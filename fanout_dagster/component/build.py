@@ -23,7 +23,7 @@ from typing import Any
 
 from dagster import Definitions, ResourceDefinition, in_process_executor
 
-from fanout_dagster.orchestration.bronze import build_bronze_asset
+from fanout_dagster.orchestration.bronze import build_bronze_asset, expectation_names
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.object_loader import LocalObjectLoader
@@ -82,7 +82,10 @@ def build_definitions(settings: Settings | None = None, *, in_process: bool = Tr
     # them load at once. Small objects want big packs (Spark start-up paid once);
     # large objects want 1 (see README, "Packing").
     bronze = build_bronze_asset(
-        objects_per_run=settings.objects_per_run, threads_per_run=settings.threads_per_run
+        objects_per_run=settings.objects_per_run,
+        threads_per_run=settings.threads_per_run,
+        # One asset check per expectation name of the configs (read at load time).
+        check_names=expectation_names(ObjectConfigs.from_settings(settings).load().objects),
     )
     sensor = build_object_sensor(
         objects_per_run=settings.objects_per_run, max_runs_per_tick=settings.max_runs_per_tick

@@ -39,6 +39,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
+from fanout_dagster.core.expectations import ExpectationChecks, ExpectationsReport
 from fanout_dagster.core.objects import ObjectConfig, SourceSpec
 from fanout_dagster.core.tables import (
     NO_FILES,
@@ -97,6 +98,8 @@ class LoadResult:
     load_ids: tuple[str, ...]  # the `_load_id`s (source files) this load replaced
     reloaded: bool  # append: the source definition changed, the table was reloaded
     seconds: float
+    # What the object's expectations did to this load (None: it declares none).
+    expectations: ExpectationsReport | None = None
 
 
 # --------------------------------------------------------------------------- listing
@@ -317,12 +320,15 @@ def ingest_object(
     table, target = obj.target.table, obj.target
     allow_empty = target.on_empty == "allow"
     mode = target.schema_evolution_mode
+    checks = ExpectationChecks.of(obj, writer)
 
     if obj.source.table:
         df = _audited_table_source(spark, obj, run_id)
         tag = commit_tag(run_id, obj.key, _recorded(obj, NO_FILES, []))
-        commit = writer.overwrite(df, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, 1, 1, (), False, started)
+        commit = writer.overwrite(
+            df, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, 1, 1, (), False, started, checks)
 
     files = list_source_files(spark, data_root, obj.source)
     root_path = _uri_path(data_root) if is_uri_root(data_root) else str(_local_root(data_root))
@@ -352,8 +358,10 @@ def ingest_object(
             rows = spark.table(writer.full_name(table)).limit(0)
         # The table is exactly these files (a later switch to append reads none again).
         tag = commit_tag(run_id, obj.key, _recorded(obj, NO_FILES, files))
-        commit = writer.overwrite(rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, len(files), len(files), (), False, started)
+        commit = writer.overwrite(
+            rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, len(files), len(files), (), False, started, checks)
 
     done = writer.ingested_files(table)
     # Files of another source definition: the table starts over from this source.
@@ -372,8 +380,9 @@ def ingest_object(
         allow_empty=allow_empty,
         tag=tag,
         reload=reload,
+        checks=checks,
     )
-    return _result(obj, commit, len(files), len(todo), load_ids, reload, started)
+    return _result(obj, commit, len(files), len(todo), load_ids, reload, started, checks)
 
 
 def _recorded(obj: ObjectConfig, held: FileRecord, read: list[SourceFile]) -> FileRecord:
@@ -405,6 +414,7 @@ def _result(
     load_ids: tuple[str, ...],
     reloaded: bool,
     started: float,
+    checks: ExpectationChecks | None = None,
 ) -> LoadResult:
     return LoadResult(
         key=obj.key,
@@ -421,4 +431,14 @@ def _result(
         load_ids=load_ids,
         reloaded=reloaded,
         seconds=time.perf_counter() - started,
+        expectations=_expectations_report(checks, commit),
     )
+
+
+def _expectations_report(
+    checks: ExpectationChecks | None, commit: Commit
+) -> ExpectationsReport | None:
+    if checks is None:
+        return None
+    # A load that found nothing new checked no row.
+    return checks.report() if commit.written else checks.empty_report()

@@ -21,6 +21,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from fanout_dagster.core.expectations import ExpectationsReport, failed_expectation
 from fanout_dagster.core.ingest import LoadResult, ingest_object
 from fanout_dagster.core.objects import ObjectConfig
 from fanout_dagster.core.packing import Outcome, run_pack
@@ -51,6 +52,8 @@ class ObjectReport:
     config_hash: str | None = None
     # Where the object ran, when that is elsewhere: e.g. the Databricks run's id and page.
     links: dict[str, str] = field(default_factory=dict)
+    # The `fail` expectation a row broke, when that is what failed the object.
+    failed_expectation: str | None = None
 
     @property
     def summary(self) -> str:
@@ -71,11 +74,15 @@ class ObjectReport:
         values = {k: v for k, v in data.items() if k in fields}
         result = values.get("result")
         if isinstance(result, Mapping):
+            expectations = result.get("expectations")
             values["result"] = LoadResult(
                 **{
                     **result,
                     "columns": tuple(tuple(column) for column in result["columns"]),
                     "load_ids": tuple(result["load_ids"]),
+                    "expectations": None
+                    if expectations is None
+                    else ExpectationsReport.from_json(expectations),
                 }
             )
         return cls(**values)
@@ -100,6 +107,7 @@ def outcome_report(outcome: Outcome[ObjectConfig, LoadResult]) -> ObjectReport:
         cluster=obj.cluster,
         config_file=obj.config_file,
         config_hash=obj.config_hash,
+        failed_expectation=failed_expectation(outcome.error),
     )
 
 

@@ -34,7 +34,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -89,6 +89,24 @@ class Commit:
     files_written: int  # data files the commit added
     rows: int  # rows in the table after the write
     schema: StructType  # the table's schema after the write
+
+
+class RowChecks(Protocol):
+    """Checks of each row of a load whose schema fits the table (core/expectations.py)."""
+
+    def kept(self, rows: DataFrame) -> DataFrame:
+        """The rows the table gets (what the emptiness check looks at)."""
+        ...
+
+    def write_aside(self, rows: DataFrame, *, load_ids: Collection[str] | None, tag: str) -> None:
+        """Commit, before the table, the rows that go elsewhere (the quarantine),
+        replacing those of these load ids (None: all of them)."""
+        ...
+
+    def to_write(self, rows: DataFrame, *, counted: bool) -> DataFrame:
+        """The kept rows as the write reads them; `counted`: the write reports the
+        metrics they observe (otherwise they are counted before)."""
+        ...
 
 
 def quote(name: str) -> str:
@@ -243,13 +261,21 @@ class BronzeTableWriter:
         mode: EvolutionMode,
         allow_empty: bool,
         tag: str,
+        checks: RowChecks | None = None,
     ) -> Commit:
-        """Make `df` the whole table, in one transaction."""
+        """Make `df` the whole table, in one transaction (`checks`: of its rows)."""
         current = self.table_schema(table)
         conformed, merge = self._conform(df, current, mode, table)
-        if not allow_empty and conformed.isEmpty():
+        kept = checks.kept(conformed) if checks else conformed
+        if not allow_empty and kept.isEmpty():
             raise LoadRejected(self._empty_message(table, current))
-        self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
+        counted = checks is not None and current is not None
+        if checks:
+            checks.write_aside(conformed, load_ids=None, tag=tag)
+            kept = checks.to_write(conformed, counted=counted)
+        self._write(
+            kept, table, replace_where=None, merge=merge, tag=tag, exists=current, counted=counted
+        )
         # The table is exactly this load: its rows are the rows written.
         return self._commit(table, tag, conformed.schema, rows=None)
 
@@ -263,6 +289,7 @@ class BronzeTableWriter:
         allow_empty: bool,
         tag: str,
         reload: bool = False,
+        checks: RowChecks | None = None,
     ) -> Commit:
         """Replace the rows of these source files with the rows `df` holds, in one transaction.
 
@@ -291,18 +318,35 @@ class BronzeTableWriter:
             # Files without rows (a header-only CSV, its columns typed as text by
             # inference): nothing to fit to the table; the commit records them.
             conformed, merge = self._conform(self._no_rows(table), current, mode, table)
-        if not allow_empty and conformed.isEmpty():
+        load = checks.kept(conformed) if checks else conformed
+        if not allow_empty and load.isEmpty():
             kept = 0
             if current is not None and not reload:
                 kept = self.spark.table(quote(self.full_name(table))).where(~these).limit(1).count()
             if kept == 0:
                 raise LoadRejected(self._empty_message(table, current))
-        if current is None or reload:
-            self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
-            # The table is exactly this load.
+        whole = current is None or reload  # the table is exactly this load
+        # Only a whole-table write reports the checks' metrics (DataFrameWriterV2).
+        # Replacing some load ids stays with saveAsTable's replaceWhere: Delta's
+        # V2 overwrite by a filter wrote back the whole table for a load of one
+        # empty new file (numOutputRows 733 of 733, no numCopiedRows). Such a
+        # load counts its own (new) rows first instead.
+        counted = checks is not None and current is not None and whole
+        if checks:
+            checks.write_aside(conformed, load_ids=None if whole else load_ids, tag=tag)
+            load = checks.to_write(conformed, counted=counted)
+        condition = None if whole else _load_ids_condition(load_ids)
+        self._write(
+            load,
+            table,
+            replace_where=condition,
+            merge=merge,
+            tag=tag,
+            exists=current,
+            counted=counted,
+        )
+        if whole:
             return self._commit(table, tag, conformed.schema, rows=None)
-        condition = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
-        self._write(conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current)
         rows = self.spark.table(quote(self.full_name(table))).count()
         return self._commit(table, tag, conformed.schema, rows=rows)
 
@@ -329,8 +373,19 @@ class BronzeTableWriter:
         merge: bool,
         tag: str,
         exists: StructType | None,
+        counted: bool = False,
     ) -> None:
+        """`counted`: the rows observe metrics the caller reads after the write, and
+        the table exists. DataFrameWriterV2's overwrite reports them; Delta's
+        saveAsTable (create or replace table as select) runs its query nested and
+        loses them (pyspark 4.1, Delta 4.1, classic and Connect alike)."""
         self._ensure_schema()
+        if counted:
+            v2 = df.writeTo(self.full_name(table)).option("userMetadata", tag)
+            if merge:
+                v2 = v2.option("mergeSchema", "true")
+            v2.overwrite(F.expr(replace_where) if replace_where is not None else F.lit(True))
+            return
         writer = df.write.format("delta").mode("overwrite").option("userMetadata", tag)
         if replace_where is not None:
             writer = writer.option("replaceWhere", replace_where)
@@ -338,6 +393,18 @@ class BronzeTableWriter:
             # New source columns are added to the table (schema_policy decided so).
             writer = writer.option("mergeSchema", "true")
         writer.saveAsTable(self.full_name(table))
+
+    def write_beside(
+        self, df: DataFrame, *, table: str, load_ids: Collection[str] | None, tag: str
+    ) -> None:
+        """Write a table beside an object's bronze table (its quarantine), in one
+        transaction: the rows of these load ids replaced (None: the whole table),
+        new columns added."""
+        if load_ids is not None and not load_ids:
+            return  # no load's rows to replace
+        exists = self.exists(table)
+        condition = None if load_ids is None or not exists else _load_ids_condition(load_ids)
+        self._write(df, table, replace_where=condition, merge=exists, tag=tag, exists=None)
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
@@ -398,6 +465,11 @@ class BronzeTableWriter:
             f"the source has no rows; table {name} keeps its previous version (on_empty: fail; "
             "set on_empty: allow to commit empty loads)"
         )
+
+
+def _load_ids_condition(load_ids: Collection[str]) -> str:
+    # Load ids are hex digests (ingest.source_load_id), quoted anyway.
+    return f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
 
 
 def history(spark: SparkSession, full_name: str, limit: int = 20) -> list[dict[str, object]]:

@@ -797,7 +797,7 @@ def test_errors_in_defaults_name_defaults_and_hold_the_objects_back(tmp_path):
         "objects",
     }
     assert by_field["defaults.code"] == (
-        "unknown field (allowed: cluster, schedule, retries, source, target)"
+        "unknown field (allowed: cluster, schedule, retries, source, target, expectations)"
     )
     assert by_field["defaults.source.format"] == "unknown field (allowed: options, watch)"
     assert "2 object(s) not loaded until defaults are fixed" in by_field["objects"]

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fanout_dagster.core.objects.errors import (
     ConfigError,
+    Loc,
     format_loc,
     translate,
     type_name,
@@ -279,8 +280,9 @@ def _parse_document(document: Any, name: str, cron_check: CronCheck | None) -> _
         try:
             obj = ObjectConfig.model_validate(data, context={**context, "config_file": name})
         except ValidationError as exc:
+            inherited = _inherited_expectations(defaults, entry)
             errors.extend(
-                ConfigError(name, format_loc(prefix, loc), message)
+                _object_error(name, prefix, loc, message, inherited)
                 for loc, message in translate(exc.errors(), ObjectConfig)
             )
             continue
@@ -305,7 +307,39 @@ def _with_defaults(defaults: Mapping[str, Any], entry: Mapping[Any, Any]) -> dic
     source = entry.get("source")
     if isinstance(source, Mapping) and source.get("table") is not None:
         defaults = {key: value for key, value in defaults.items() if key != "source"}
-    return _deep_merge(defaults, entry)
+    merged = _deep_merge(defaults, entry)
+    if "expectations" in defaults:
+        own = entry.get("expectations")
+        own = own if isinstance(own, list) else []
+        inherited = _inherited_expectations(defaults, entry)
+        merged["expectations"] = own + [defaults["expectations"][i] for i in inherited.values()]
+    return merged
+
+
+def _inherited_expectations(
+    defaults: Mapping[str, Any], entry: Mapping[Any, Any]
+) -> dict[int, int]:
+    """The file's expectations an object takes: those whose name it does not give
+    itself, after its own (so its own keep their indexes in messages), as
+    {index in the object's expectations: index in the defaults'}."""
+    own = entry.get("expectations")
+    if "expectations" not in defaults or (own is not None and not isinstance(own, list)):
+        return {}
+    own = own or []
+    names = {item.get("name") for item in own if isinstance(item, Mapping)}
+    kept = [i for i, item in enumerate(defaults["expectations"]) if item["name"] not in names]
+    return {len(own) + n: i for n, i in enumerate(kept)}
+
+
+def _object_error(
+    name: str, prefix: str, loc: Loc, message: str, inherited: Mapping[int, int]
+) -> ConfigError:
+    """An object's error, placed on the file's defaults when it is about an
+    expectation the object took from them."""
+    if len(loc) > 1 and loc[0] == "expectations" and loc[1] in inherited:
+        where = format_loc("defaults", ("expectations", inherited[int(loc[1])], *loc[2:]))
+        return ConfigError(name, where, f"{message} (in {prefix or 'the object'})")
+    return ConfigError(name, format_loc(prefix, loc), message)
 
 
 def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, Any]:
@@ -322,21 +356,23 @@ def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, A
 def _reject_duplicates(
     candidates: list[ObjectConfig],
 ) -> tuple[list[ObjectConfig], list[ConfigError]]:
-    """Partition keys and target tables must be unique across all files.
+    """Partition keys and tables (bronze and quarantine) must be unique across all files.
 
     Every object in a clash is rejected (not just the second one), because
     which file "wins" would otherwise depend on file-name order.
     """
     errors: list[ConfigError] = []
     rejected: set[int] = set()
-    attributes: tuple[tuple[Callable[[ObjectConfig], str], str], ...] = (
-        (lambda o: o.key, "partition key"),
-        (lambda o: o.target.table, "table"),
+    # The tables an object writes: its bronze table, and its quarantine table.
+    attributes: tuple[tuple[Callable[[ObjectConfig], list[str]], str], ...] = (
+        (lambda o: [o.key], "partition key"),
+        (lambda o: [o.target.table, *filter(None, [o.quarantine_table])], "table"),
     )
     for attr, label in attributes:
         seen: dict[str, list[int]] = {}
         for index, obj in enumerate(candidates):
-            seen.setdefault(attr(obj), []).append(index)
+            for value in attr(obj):
+                seen.setdefault(value, []).append(index)
         for value, indexes in seen.items():
             if len(indexes) < 2:
                 continue
