@@ -1,6 +1,7 @@
 """The run launcher's worker health check, on a real instance with real processes:
 the worker's pid comes from the event its run reports, as in a run launched by
-the DefaultRunLauncher; e2e/test_faults.py kills real run workers."""
+the DefaultRunLauncher, and its identity (pid and process start ticks) from its
+record once the check has seen it; e2e/test_faults.py kills real run workers."""
 
 from __future__ import annotations
 
@@ -10,16 +11,25 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from dagster import DagsterInstance, instance_for_test
-from dagster._core.events import EngineEventData
+from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
-from fanout_dagster.run_launcher import WorkerCheckingRunLauncher, process_state
+from fanout_dagster.run_launcher import WorkerCheckingRunLauncher
+from fanout_dagster.worker_identity import process_state, read_record, record_of, write_record
+from fanout_dagster_tests.helpers import free_port
 
 LAUNCHER = {"module": "fanout_dagster.run_launcher", "class": "WorkerCheckingRunLauncher"}
+
+
+@pytest.fixture(autouse=True)
+def no_spark_server(monkeypatch):
+    """These runs use no Spark: the check's Spark stop finds no server on this port."""
+    monkeypatch.setenv("FANOUT_SPARK_CONNECT_PORT", str(free_port()))
 
 
 @pytest.fixture
@@ -28,8 +38,9 @@ def launcher_instance():
         yield instance
 
 
-def started_run(instance: DagsterInstance, pid: int, grpc: dict):
-    """A run as a code server starts it: its gRPC tag, and the worker's pid event."""
+def started_run(instance: DagsterInstance, pid: int, grpc: dict, reported_at: float | None = None):
+    """A run as a code server starts it: its gRPC tag, and the worker's pid event
+    (stored at `reported_at` by the event log's clock, now by default)."""
     from dagster import job, op
 
     @op
@@ -41,9 +52,13 @@ def started_run(instance: DagsterInstance, pid: int, grpc: dict):
         noop()
 
     dagster_run = instance.create_run_for_job(a_job, tags={GRPC_INFO_TAG: json.dumps(grpc)})
-    instance.report_engine_event(
-        f"Started process for run (pid: {pid}).", dagster_run, EngineEventData.in_process(pid)
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ENGINE_EVENT.value,
+        job_name=dagster_run.job_name,
+        message=f"Started process for run (pid: {pid}).",
+        event_specific_data=EngineEventData.in_process(pid),
     )
+    instance.report_dagster_event(event, run_id=dagster_run.run_id, timestamp=reported_at)
     return dagster_run
 
 
@@ -72,25 +87,52 @@ def test_a_live_worker_is_running_and_a_killed_one_is_failed(launcher_instance):
         worker.wait()
 
 
-def test_a_pid_now_used_by_a_younger_process_is_not_the_worker(launcher_instance):
-    # This test's own process started long before the (back-dated) report.
-    run = started_run(launcher_instance, os.getpid(), {"socket": "/nonexistent/grpc.sock"})
-    assert launcher_instance.run_launcher.check_run_worker_health(run).status == (
-        WorkerStatus.RUNNING
-    )
-    younger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_a_pid_now_used_by_another_process_is_not_the_worker(launcher_instance):
+    """The worker's identity is its pid and its process's start ticks, recorded
+    while its code server ran it: the same pid with other start ticks is another
+    process (the pid was reused after the worker died). Ticks are compared with
+    ticks; no clock is involved."""
+    launcher = launcher_instance.run_launcher
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        time.sleep(0.1)
-        other = started_run(launcher_instance, younger.pid, {"socket": "/nonexistent/grpc.sock"})
+        run = started_run(launcher_instance, other.pid, {"socket": "/nonexistent/grpc.sock"})
+        live = record_of(other.pid)
+        assert live is not None
+        write_record(launcher_instance, run.run_id, live)
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        # As recorded for the worker that had this pid before: it started earlier.
+        assert live.start_ticks is not None
+        write_record(launcher_instance, run.run_id, replace(live, start_ticks=live.start_ticks - 1))
+        result = launcher.check_run_worker_health(run)
+        assert result.status == WorkerStatus.FAILED
+        assert "the pid now belongs to another process" in (result.msg or ""), result.msg
+        assert read_record(launcher_instance, run.run_id) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_code_server_worker_is_not_judged_by_when_it_reported(launcher_instance):
+    """Until issue 19 the check compared the process's start (from /proc, on the
+    boot clock) with the event log's time of its report plus a 2 s slack: once
+    the wall clock was stepped forward after the report (NTP on a fresh VM), a
+    live worker looked like a younger process that took its pid, and was failed.
+    Here the report reads an hour early, as after such a step."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = started_run(
+            launcher_instance,
+            worker.pid,
+            {"socket": "/nonexistent/grpc.sock"},
+            reported_at=time.time() - 3600,
+        )
         launcher = WorkerCheckingRunLauncher()
         launcher.register_instance(launcher_instance)
-        # The worker reported an hour before this process started: not the worker.
-        launcher._workers[other.run_id] = (younger.pid, time.time() - 3600)
-        result = launcher.check_run_worker_health(other)
-        assert result.status == WorkerStatus.FAILED and "started after" in (result.msg or "")
+        result = launcher.check_run_worker_health(run)
+        assert result.status == WorkerStatus.RUNNING, result.msg
     finally:
-        younger.kill()
-        younger.wait()
+        worker.kill()
+        worker.wait()
 
 
 def test_workers_it_cannot_see_are_left_running(launcher_instance):
