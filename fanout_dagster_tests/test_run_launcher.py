@@ -5,6 +5,7 @@ record once the check has seen it; e2e/test_faults.py kills real run workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from fanout_dagster.run_launcher import WorkerCheckingRunLauncher
 from fanout_dagster.worker_identity import process_state, read_record, record_of, write_record
+from fanout_dagster_tests.e2e.dagster_processes import wait_for
 from fanout_dagster_tests.helpers import free_port
 
 LAUNCHER = {"module": "fanout_dagster.run_launcher", "class": "WorkerCheckingRunLauncher"}
@@ -140,3 +142,93 @@ def test_workers_it_cannot_see_are_left_running(launcher_instance):
     remote = started_run(launcher_instance, 999_999, {"host": "user-code.internal", "port": 4000})
     result = launcher.check_run_worker_health(remote)
     assert result.status == WorkerStatus.RUNNING and "another host" in (result.msg or "")
+
+
+@pytest.fixture
+def code_server(tmp_path):
+    """A real code server (`dagster api grpc`) serving the warm launcher tests' job,
+    on a unix socket, in a process group of its own."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    socket_path = str(tmp_path / "grpc.sock")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dagster", "api", "grpc", "-m", "fanout_dagster_tests.warm_jobs"]
+        + ["--socket", socket_path],
+        start_new_session=True,
+    )
+    client = DagsterGrpcClient(socket=socket_path)
+
+    def answers() -> bool:
+        try:
+            client.ping("")
+        except Exception:
+            return False
+        return True
+
+    try:
+        wait_for(answers, timeout=180, what="the code server to answer", interval=0.2)
+        yield server, client
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_a_code_server_worker_is_recorded_while_its_server_runs_it_and_judged_after(
+    launcher_instance, tmp_path, code_server
+):
+    """The DefaultRunLauncher's way, with a real code server and worker: while the
+    server lists the run, the check records the worker's identity; once the
+    server is gone, the worker is judged by it: alive, then killed."""
+    from dagster import reconstructable
+    from dagster._core.launcher import DefaultRunLauncher
+    from dagster._core.remote_origin import (
+        GrpcServerCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+
+    from fanout_dagster_tests.warm_jobs import warm_job
+
+    server, client = code_server
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(
+            code_location_origin=GrpcServerCodeLocationOrigin(
+                host="localhost", port=None, socket=client.socket, location_name="warm"
+            ),
+            repository_name="__repository__warm_job",
+        ),
+        job_name="warm_job",
+    )
+    out = tmp_path / "out.json"
+    run = launcher_instance.create_run_for_job(
+        warm_job,
+        run_config={"ops": {"report_worker": {"config": {"out": str(out), "sleep_s": 300}}}},
+        remote_job_origin=origin,
+        job_code_origin=reconstructable(warm_job).get_python_origin(),
+    )
+    DefaultRunLauncher.launch_run_from_grpc_client(launcher_instance, run, client)
+    wait_for(out.exists, timeout=180, what="the worker to run its op")
+    pid = json.loads(out.read_text())["pid"]
+    run = launcher_instance.get_run_by_id(run.run_id)
+    launcher = launcher_instance.run_launcher
+
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    record = read_record(launcher_instance, run.run_id)
+    assert record is not None and record.pid == pid
+    state = process_state(pid)
+    assert state is not None and record.start_ticks == state.start_ticks
+
+    os.kill(server.pid, signal.SIGKILL)  # the server alone: its worker lives on
+    server.wait()
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (state := process_state(pid)) is None or state.zombie,
+        timeout=30,
+        what="the killed worker to be gone",
+    )
+    result = launcher.check_run_worker_health(run)
+    assert result.status == WorkerStatus.FAILED
+    assert f"run worker process {pid} is gone" in (result.msg or ""), result.msg
+    launcher_instance.report_run_failed(run)

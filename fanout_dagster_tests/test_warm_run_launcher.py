@@ -5,12 +5,15 @@ or by their heartbeat when the checker cannot see them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing.forkserver
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -256,6 +259,103 @@ def test_a_worker_out_of_sight_is_failed_once_its_heartbeat_stops_and_never_whil
     assert socket.gethostname() in (result.msg or "")  # names the host the worker was on
     assert read_record(beating_instance, run.run_id) is None
     beating_instance.report_run_failed(launched)
+
+
+# A daemon in a container of its own (new pid and UTS namespaces: its own pids
+# and host name): it launches one run, then waits to be killed with its container.
+OLD_CONTAINER = """
+import signal, socket, sys
+from pathlib import Path
+from dagster import DagsterInstance
+from dagster._serdes import deserialize_value
+from fanout_dagster_tests.test_warm_run_launcher import launch
+
+socket.sethostname("old-container")
+with DagsterInstance.from_ref(deserialize_value(sys.argv[1])) as instance:
+    launch(instance, Path(sys.argv[2]), sleep_s=600)
+    signal.pause()
+"""
+
+
+def namespaces_available() -> bool:
+    probe = subprocess.run(
+        ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "true"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+def processes_in(pid_ns: str) -> list[int]:
+    """The processes of this machine in a pid namespace (as the root namespace sees them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "pid") == pid_ns:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_the_runs_of_a_lost_container_are_failed_by_its_successor(beating_instance, tmp_path):
+    """Issue 20, as it happens: the daemon's container is recreated (new host
+    name, new pid namespace) and its runs were left STARTED forever. Here the
+    first container is real (unshare: pid and UTS namespaces), its daemon forks
+    the worker there; this process is the new container's daemon. While the
+    old container lives, its worker beats and is never failed; once the
+    container is gone, its run is failed after the heartbeat timeout."""
+    if not namespaces_available():
+        pytest.skip("cannot create pid and UTS namespaces here (needs CAP_SYS_ADMIN)")
+    from dagster._serdes import serialize_value
+
+    out = tmp_path / "out.json"
+    container = subprocess.Popen(
+        [
+            "unshare", "--pid", "--uts", "--mount-proc", "--kill-child",
+            sys.executable, "-c", OLD_CONTAINER,
+            serialize_value(beating_instance.get_ref()), str(out),
+        ],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(out.exists, timeout=180, what="the old container's worker to run its op")
+        [run] = beating_instance.get_runs()
+        record = read_record(beating_instance, run.run_id)
+        assert record is not None and record.host == "old-container"
+        here = beating_instance.run_launcher._machine
+        assert record.pid_ns != here.pid_ns and record.boot_id == here.boot_id
+        checker = beating_instance.run_launcher
+        clock = FakeClock()
+        checker._clock = clock
+        for _ in range(3):  # far past the limit each time, but it beat meanwhile
+            beat = beat_of(beating_instance, run.run_id)
+            wait_for(
+                lambda beat=beat: beat_of(beating_instance, run.run_id) > beat,
+                timeout=60,
+                what="the next beat",
+                interval=0.05,
+            )
+            clock.now += 1000
+            result = checker.check_run_worker_health(run)
+            assert result.status == WorkerStatus.RUNNING, result.msg
+
+        # The container goes, with every process in it.
+        os.killpg(container.pid, signal.SIGKILL)
+        container.wait()
+        wait_for(
+            lambda: not processes_in(str(record.pid_ns)),
+            timeout=60,
+            what="the old container's processes to be gone",
+        )
+        assert checker.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        clock.now += 30
+        result = checker.check_run_worker_health(run)
+        assert result.status == WorkerStatus.FAILED, result.msg
+        assert "on host old-container is gone: no heartbeat for 30 s" in (result.msg or "")
+        beating_instance.report_run_failed(run)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(container.pid, signal.SIGKILL)
+        container.wait()
 
 
 def test_a_worker_out_of_sight_is_not_interrupted_from_here(beating_instance, tmp_path):
