@@ -20,6 +20,7 @@ this module, and whatever it imports would be the code of the day it started.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 from dagster._utils.interrupts import capture_interrupts
@@ -55,16 +56,18 @@ def execute_run(
         os.environ.clear()
         os.environ.update(environ)
         os.chdir(cwd)
-        from dagster import DagsterInstance, DagsterRunStatus
-        from dagster._cli.api import execute_run_command
+        from dagster import DagsterRunStatus
+        from dagster._cli.api import _execute_run_command_body
+        from dagster._cli.utils import get_instance_for_cli
         from dagster._grpc.types import ExecuteRunArgs
         from dagster._serdes import deserialize_value
 
         from fanout_dagster.worker_identity import Heartbeat, delete_record, record_of, write_record
 
         args = deserialize_value(input_json, ExecuteRunArgs)
-        assert args.instance_ref is not None
-        with DagsterInstance.from_ref(args.instance_ref) as instance:
+        # The command's own steps (dagster/_cli/api.py, execute_run_command), with
+        # one instance for the run and the worker's record.
+        with get_instance_for_cli(instance_ref=args.instance_ref) as instance:
             record = record_of(os.getpid(), beat_interval_s)
             assert record is not None  # this very process
             write_record(instance, args.run_id, record)
@@ -77,11 +80,15 @@ def execute_run(
                 if run is not None and run.status == DagsterRunStatus.CANCELING:
                     instance.report_run_canceled(run, "The run was terminated before it started.")
                     return
-                # The CLI command's own function: instance from the run's instance ref,
-                # the run executed, its pid reported as its first event.
-                callback = execute_run_command.callback
-                assert callback is not None
-                callback(input_json, None)
+                # The run executed, the worker's pid reported as its first event.
+                return_code = _execute_run_command_body(
+                    args.run_id,
+                    instance,
+                    lambda _event: None,  # the command buffers events it never reads
+                    set_exit_code_on_failure=args.set_exit_code_on_failure or False,
+                )
             finally:
                 heartbeat.stop()
                 delete_record(instance, args.run_id)
+        if return_code != 0:
+            sys.exit(return_code)
