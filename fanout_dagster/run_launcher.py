@@ -73,6 +73,7 @@ from fanout_dagster.worker_identity import (
     process_state,
     read_record,
     record_of,
+    sweep_records,
     this_machine,
     write_record,
 )
@@ -85,6 +86,8 @@ WARM_WORKER_TAG = "fanout/warm_worker"
 # worker's process takes it for lost after this long without a new beat.
 HEARTBEAT_INTERVAL_S = 10.0
 HEARTBEAT_TIMEOUT_S = 120.0
+# How often the check deletes the worker records of finished runs.
+SWEEP_INTERVAL_S = 600.0
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
         self._clock: Callable[[], float] = time.monotonic
         # run id -> (beat, when this process first saw that beat)
         self._beats: dict[str, tuple[int, float]] = {}
+        self._swept_at: float | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -145,6 +149,7 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
         # Run monitoring fails a run on any status but RUNNING and SUCCESS, so
         # a worker this launcher cannot judge is reported RUNNING (not checked),
         # as Dagster's DefaultRunLauncher would leave it.
+        self._sweep_now_and_then()
         health = self._worker_health(run)
         if health.status != WorkerStatus.FAILED:
             return health
@@ -160,6 +165,14 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
         return CheckRunHealthResult(
             WorkerStatus.FAILED, f"{health.msg}; {stopped}", run_worker_id=health.run_worker_id
         )
+
+    def _sweep_now_and_then(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._swept_at is not None and now - self._swept_at < SWEEP_INTERVAL_S:
+                return
+            self._swept_at = now
+        sweep_records(self._instance)
 
     def _worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         record = read_record(self._instance, run.run_id)

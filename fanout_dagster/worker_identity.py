@@ -33,9 +33,9 @@ import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 
-from fanout_dagster.object_state import delete_kv
+from fanout_dagster.object_state import delete_kv, read_kv_prefix
 
 RECORD_PREFIX = "fanout/run_worker/"
 _PROC = Path("/proc")
@@ -158,6 +158,24 @@ def write_record(instance: DagsterInstance, run_id: str, record: WorkerRecord) -
 
 def delete_record(instance: DagsterInstance, run_id: str) -> None:
     delete_kv(instance, [RECORD_PREFIX + run_id])
+
+
+def sweep_records(instance: DagsterInstance) -> int:
+    """Delete the records of runs that have finished (a worker deletes its own
+    when its run ends, unless it was killed; a checker's records of code-server
+    workers stay until here); returns how many were deleted."""
+    rows = read_kv_prefix(instance, RECORD_PREFIX)
+    if not rows:
+        return 0
+    run_ids = [key[len(RECORD_PREFIX) :] for key in rows]
+    unfinished = {
+        run.run_id
+        for run in instance.get_runs(filters=RunsFilter(run_ids=run_ids))
+        if not run.is_finished
+    }
+    done = [RECORD_PREFIX + run_id for run_id in run_ids if run_id not in unfinished]
+    delete_kv(instance, done)
+    return len(done)
 
 
 class Heartbeat:

@@ -137,6 +137,24 @@ def test_a_code_server_worker_is_not_judged_by_when_it_reported(launcher_instanc
         worker.wait()
 
 
+def test_the_records_of_finished_runs_are_swept(launcher_instance):
+    """A record outlives its run when its worker was killed and someone else failed
+    the run, and a checker's record of a code-server worker always does: the
+    check deletes those of finished runs (at most every ten minutes)."""
+    gone = {"socket": "/nonexistent/grpc.sock"}
+    finished = started_run(launcher_instance, os.getpid(), gone)
+    running = started_run(launcher_instance, os.getpid(), gone)
+    me = record_of(os.getpid())
+    assert me is not None
+    for run in (finished, running):
+        write_record(launcher_instance, run.run_id, me)
+    launcher_instance.report_run_failed(finished)
+    launcher = launcher_instance.run_launcher
+    assert launcher.check_run_worker_health(running).status == WorkerStatus.RUNNING
+    assert read_record(launcher_instance, finished.run_id) is None
+    assert read_record(launcher_instance, running.run_id) == me
+
+
 def test_workers_it_cannot_see_are_left_running(launcher_instance):
     launcher = launcher_instance.run_launcher
     remote = started_run(launcher_instance, 999_999, {"host": "user-code.internal", "port": 4000})
