@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, instance_for_test, reconstructable
@@ -153,13 +154,15 @@ def cold_forkserver(monkeypatch):
     """The warm process not started yet, and slow to start: it imports a preload
     that takes longer than the old check's slack (slow_preload.py), so the first
     worker is forked seconds after the launcher asked for it."""
-    # multiprocessing keeps one forkserver per process: stop the one earlier tests started.
-    multiprocessing.forkserver._forkserver._stop()
+    # multiprocessing keeps one forkserver per process: stop the one earlier tests
+    # started (with the method CPython's own tests use).
+    forkserver: Any = multiprocessing.forkserver._forkserver
+    forkserver._stop()
     monkeypatch.setattr(
         run_worker, "PRELOAD", (*run_worker.PRELOAD, "fanout_dagster_tests.slow_preload")
     )
     yield
-    multiprocessing.forkserver._forkserver._stop()  # the next tests get a normal one
+    forkserver._stop()  # the next tests get a normal one
 
 
 def test_a_worker_forked_late_by_a_cold_forkserver_is_running(
@@ -215,6 +218,13 @@ def beat_of(instance: DagsterInstance, run_id: str) -> int:
     return record.beat
 
 
+def wait_for_next_beat(instance: DagsterInstance, run_id: str) -> None:
+    beat = beat_of(instance, run_id)
+    wait_for(
+        lambda: beat_of(instance, run_id) > beat, timeout=60, what="the next beat", interval=0.05
+    )
+
+
 def test_a_worker_out_of_sight_is_failed_once_its_heartbeat_stops_and_never_while_it_beats(
     beating_instance, tmp_path
 ):
@@ -231,13 +241,7 @@ def test_a_worker_out_of_sight_is_failed_once_its_heartbeat_stops_and_never_whil
     checker, clock = checker_elsewhere(beating_instance)
 
     for _ in range(3):  # far past the limit each time, but it beat meanwhile
-        beat = beat_of(beating_instance, run.run_id)
-        wait_for(
-            lambda beat=beat: beat_of(beating_instance, run.run_id) > beat,
-            timeout=60,
-            what="the next beat",
-            interval=0.05,
-        )
+        wait_for_next_beat(beating_instance, run.run_id)
         clock.now += 1000
         result = checker.check_run_worker_health(launched)
         assert result.status == WorkerStatus.RUNNING, result.msg
@@ -327,13 +331,7 @@ def test_the_runs_of_a_lost_container_are_failed_by_its_successor(beating_instan
         clock = FakeClock()
         checker._clock = clock
         for _ in range(3):  # far past the limit each time, but it beat meanwhile
-            beat = beat_of(beating_instance, run.run_id)
-            wait_for(
-                lambda beat=beat: beat_of(beating_instance, run.run_id) > beat,
-                timeout=60,
-                what="the next beat",
-                interval=0.05,
-            )
+            wait_for_next_beat(beating_instance, run.run_id)
             clock.now += 1000
             result = checker.check_run_worker_health(run)
             assert result.status == WorkerStatus.RUNNING, result.msg

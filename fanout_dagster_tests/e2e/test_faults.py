@@ -459,6 +459,7 @@ def test_a_worker_killed_mid_write_leaves_no_commit_once_its_run_is_failed(proje
             "the sensor's run to start",
             on_timeout=lambda: describe_runs(instance) + logs(),
         )
+        assert run is not None  # wait_for returns a truthy value
         run_tag = f"fanout-run-{run.run_id}"
         wait_for(
             lambda: any(
