@@ -141,6 +141,13 @@ def _bronze_tag(user_metadata: str | None) -> dict[str, Any] | None:
     return None
 
 
+def is_commit_of(user_metadata: str | None, run_id: str, key: str) -> bool:
+    """Whether a commit's userMetadata says this run wrote this object (a file
+    object's tag also carries its file record, so the tag is read, not compared)."""
+    tag = _bronze_tag(user_metadata)
+    return tag is not None and (tag["dagster_run_id"], tag["partition_key"]) == (run_id, key)
+
+
 def _recorded_files(tag: Mapping[str, Any]) -> FileRecord | None:
     files = tag.get("source_files")
     if not isinstance(files, dict) or not isinstance(tag.get("source_hash"), str):

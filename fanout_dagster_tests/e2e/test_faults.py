@@ -3,7 +3,8 @@ step launcher against the Databricks emulator. Nothing is mocked.
 
 1. The Dagster daemon (alone, or its whole process group) is SIGKILLed in the
    middle of a UI backfill and restarted.
-2. A run worker is SIGKILLed: its run is failed within two minutes and retried.
+2. A run worker is SIGKILLed: its run is failed within two minutes and retried;
+   killed in the middle of a Delta write, that write never commits.
 3. The Databricks API answers 429 and 503 for a while.
 4. A remote run dies at the cluster level (its driver process group is killed).
 5. A Dagster run is terminated while its Databricks run is RUNNING.
@@ -18,6 +19,7 @@ are faults of the Databricks side, on the default SQLite storage.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -393,6 +395,127 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
         retry.run_id
     }
     print(f"\nworker {pid} killed; run failed {detected:.1f} s later; retried by {retry.run_id}")
+
+
+def killed_run_commits(table_dir: Path, run_id: str) -> list[int]:
+    """Versions of a Delta table committed by this run (its commits' userMetadata)."""
+    versions = []
+    for commit in sorted((table_dir / "_delta_log").glob("*.json")):
+        for line in commit.read_text().splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info and run_id in (info.get("userMetadata") or ""):
+                versions.append(int(commit.stem))
+    return versions
+
+
+def running_jobs(server, tag: str) -> list[dict]:
+    """The Spark jobs running on the Connect server for operations that carry `tag`."""
+    from fanout_dagster_tests.e2e.test_cancel import server_jobs
+
+    return [
+        job
+        for job in server_jobs(server)
+        if job["status"] == "RUNNING" and any(tag in t for t in job.get("jobTags", []))
+    ]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_write_leaves_no_commit_once_its_run_is_failed(project, tmp_path):
+    """SIGKILL of a run worker while its Delta write runs on the Spark Connect
+    server. The server does not stop an operation whose client went away: until
+    issue 20 the write committed there after the run had been failed and its
+    object freed for the next run (seconds later). Now run monitoring stops the
+    run's session on the server (interrupts its operations and waits until they
+    have ended) before it fails the run: once the run is failed, nothing of it
+    runs on the server and it committed nothing; the retry loads the object once."""
+    from fanout_dagster.core.connect_sessions import run_session_id, stop_session
+    from fanout_dagster.single_host.worker_identity import read_record
+    from fanout_dagster_tests.e2e.test_cancel import add_big_object
+
+    for path in project.configs.glob("*.yaml"):  # the big object alone
+        path.unlink()
+    key = add_big_object(project)
+    config = project.configs / "big.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "retries": 1}))
+    server = project.spark_server
+    home = write_dagster_home(tmp_path / "dagster_home", max_concurrent_runs=1)
+    instance_config = yaml.safe_load((home / "dagster.yaml").read_text())
+    # Checked every second: the write (tens of seconds) is still running when
+    # the check finds its worker gone (asserted below, from the check's message).
+    instance_config["run_monitoring"]["poll_interval_seconds"] = 1
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    log = tmp_path / "daemon.log"
+    table_dir = project.process_table("big_events")
+
+    def logs() -> str:
+        return "\n--- daemon.log (tail)\n" + log.read_text(errors="replace")[-4000:]
+
+    with (
+        DagsterInstance.from_config(str(home)) as instance,
+        dagster_daemon(home, project.env(), log),
+    ):
+        run = wait_for(
+            lambda: next(
+                (r for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED), None
+            ),
+            300,
+            "the sensor's run to start",
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        assert run is not None  # wait_for returns a truthy value
+        run_tag = f"fanout-run-{run.run_id}"
+        wait_for(
+            lambda: any(
+                "write_operation" in job.get("description", "")
+                for job in running_jobs(server, run_tag)
+            ),
+            300,
+            "the object's Delta write to run on the server",
+            interval=0.2,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        record = read_record(instance, run.run_id)
+        assert record is not None
+        os.kill(record.pid, signal.SIGKILL)
+
+        wait_for(
+            lambda: run_status(instance, run.run_id) == DagsterRunStatus.FAILURE,
+            120,
+            "run monitoring to fail the run whose worker was killed",
+            interval=0.2,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        # When it was failed, nothing of it ran on the server any more: its
+        # session was stopped and released (an orphaned write would still be
+        # running: stopping the session now would find it).
+        assert stop_session(server.url, run_session_id(run.run_id)) == 0, logs()
+        wait_for(
+            lambda: not running_jobs(server, run_tag),
+            120,
+            "the UI's job list to show the failed run's jobs ended",
+            interval=0.2,
+        )
+        assert killed_run_commits(table_dir, run.run_id) == [], logs()
+        messages = run_messages(instance, run.run_id)
+        assert f"run worker process {record.pid} is gone" in messages, messages
+        assert "Spark operation(s) still running on" in messages, messages  # stopped mid-write
+
+        [retry] = wait_for(
+            lambda: [
+                r
+                for r in instance.get_runs()
+                if r.tags.get(PARENT_RUN_ID_TAG) == run.run_id and r.status in FINISHED_STATUSES
+            ],
+            600,
+            "the retry to finish",
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        assert retry.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + logs()
+        assert instance.get_materialized_partitions(BRONZE) == {key}
+    # The killed run never committed, not even later; the retry did, once.
+    assert killed_run_commits(table_dir, run.run_id) == []
+    assert len(killed_run_commits(table_dir, retry.run_id)) == 1
+    print(f"\nworker {record.pid} killed mid-write; {messages.splitlines()[-1][:300]}")
 
 
 # --------------------------------------------------------------------------- Databricks target helpers
