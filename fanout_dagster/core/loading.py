@@ -26,7 +26,7 @@ from fanout_dagster.core.expectations import ExpectationsReport, failed_expectat
 from fanout_dagster.core.ingest import LoadResult, ingest_object
 from fanout_dagster.core.objects import ObjectConfig
 from fanout_dagster.core.packing import Outcome, run_pack
-from fanout_dagster.core.tables import BronzeTableWriter, commit_tag, history, is_commit_of
+from fanout_dagster.core.tables import BronzeTableWriter, history, is_commit_of
 
 NO_VALID_CONFIG = (
     "no valid config for this object: its config was removed, or is invalid "
