@@ -21,10 +21,10 @@ from pathlib import Path
 from bench import proc, report, sections, targets
 from bench.machine import machine_info
 from bench.runner import REPO_ROOT, Runner, section_of
-from bench.targets import MIN_LAUNCHES, PACKED_TARGET_N
+from bench.targets import MIN_LAUNCHES, TARGET_N
 
 DEFAULT_OBJECTS = (10, 60, 240)
-MODES = ("floor", "warm_floor", "per_process", "per_run", "packed")
+MODES = ("naive", "warm_naive", "floor", "warm_floor", "per_process", "per_run", "packed")
 DEFAULT_LAUNCHES = 7
 DEFAULT_SERVER_RUNS = 500
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=4,
-        help="T threads per SparkSession (floor, warm_floor, packed; default 4)",
+        help="T threads per SparkSession (naive, floor and their warm twins, packed; default 4)",
     )
     p.add_argument(
         "--concurrency",
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeline-n",
         type=int,
-        default=PACKED_TARGET_N,
+        default=TARGET_N,
         help="N whose per-object timeline is drawn (default 60, else the nearest measured)",
     )
     p.add_argument(

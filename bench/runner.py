@@ -58,7 +58,7 @@ class Runner:
         self.server_record: dict = {}
 
     def uses_server(self, mode: str) -> bool:
-        return mode == "warm_floor" or (
+        return mode in ("warm_floor", "warm_naive") or (
             mode in ("per_run", "packed") and self.args.spark == "connect"
         )
 
