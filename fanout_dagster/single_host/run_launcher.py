@@ -48,6 +48,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -308,7 +309,18 @@ class WarmRunLauncher(WorkerCheckingRunLauncher):
             args=(serialize_value(args), dict(os.environ), os.getcwd(), self.heartbeat_interval_s),
             name=f"dagster-run-{run.run_id[:8]}",
         )
-        worker.start()
+        try:
+            worker.start()
+        except OSError as error:
+            if "AF_UNIX path too long" not in str(error):
+                raise
+            # The forkserver's socket lives in the temp folder, and a Unix socket's
+            # path is limited to 107 bytes.
+            raise OSError(
+                f"cannot start the run worker's forkserver: its socket in the temp folder "
+                f"{tempfile.gettempdir()!r} would have too long a path; set TMPDIR to a "
+                "shorter folder (e.g. /tmp)"
+            ) from error
         self._run_ids.add(run.run_id)
         multiprocessing.active_children()  # reaps the finished workers' handles
 

@@ -5,6 +5,7 @@ which runs each step as a local PySpark process."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -69,13 +70,16 @@ def databricks_deployment(
     data_in: where the sources are, as the cluster reads them: `local` (the
     project's data folder), `dbfs` (copied to `dbfs:/landing`) or `volume`
     (copied to `/Volumes/main/raw/landing`). Run workers get a temp folder of
-    their own (`tmp_path/run-tmp`), so what a run leaves there is seen.
+    their own (a short folder under /tmp), so what a run leaves there is seen.
     """
     home = write_dagster_home(
         tmp_path / "dagster_home", max_concurrent_runs=max_runs, cluster_limits=cluster_limits
     )
-    run_tmp = tmp_path / "run-tmp"
-    run_tmp.mkdir()
+    # A short path: the run launcher's forkserver puts its Unix socket (at most 107
+    # bytes of path) there, and pytest-xdist's tmp_path is deep.
+    # (tmp_path/run-tmp links to it; it is empty when nothing is left behind)
+    run_tmp = Path(tempfile.mkdtemp(prefix="fanout-run-", dir="/tmp"))
+    (tmp_path / "run-tmp").symlink_to(run_tmp)
     volumes = sorted({*emulator_options.pop("volumes", []), LANDING_VOLUME, OPS_VOLUME})
     with run_emulator(
         root=tmp_path / "emulator",
