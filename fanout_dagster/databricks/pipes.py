@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import shutil
 import tempfile
 import time
 import warnings
@@ -73,6 +74,7 @@ from fanout_dagster.databricks.step_launcher import (
     load_cluster_definitions,
     write_code_bundle,
 )
+from fanout_dagster.orchestration.claims import configs_of, held_claims
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.object_loader import ObjectLoader
 from fanout_dagster.settings import Settings
@@ -106,6 +108,7 @@ class PipesObjectLoader(ObjectLoader):
     cluster_libraries: str = ""
     poll_s: float = 5.0
     timeout_s: int = 3600
+    cluster_limits: dict[str, int] = {}  # runs at once per cluster, for the claims
 
     @classmethod
     def from_settings(cls, settings: Settings, object_configs: ObjectConfigs) -> PipesObjectLoader:
@@ -118,10 +121,23 @@ class PipesObjectLoader(ObjectLoader):
             cluster_libraries=settings.cluster_libraries,
             poll_s=settings.databricks_poll_s,
             timeout_s=settings.databricks_timeout_s,
+            cluster_limits=settings.cluster_limits,
         )
 
     def load(
         self, context: AssetExecutionContext, keys: Sequence[str], threads: int
+    ) -> Iterator[ObjectReport]:
+        # The configs as the run starts, copied once: the step's claims
+        # (orchestration/claims.py) are taken from the copy the remote side loads.
+        with tempfile.TemporaryDirectory(prefix="fanout_configs_") as snapshot:
+            configs = str(shutil.copytree(self.configs_dir, Path(snapshot) / "configs"))
+            step = context.get_step_execution_context().step.key
+            objects = configs_of(configs, keys)
+            with held_claims(context.instance, context.run, step, objects, self.cluster_limits):
+                yield from self._load(context, keys, threads, configs)
+
+    def _load(
+        self, context: AssetExecutionContext, keys: Sequence[str], threads: int, configs_dir: str
     ) -> Iterator[ObjectReport]:
         cluster = cluster_for_run(load_cluster_definitions(self.clusters_file), context.run.tags)
         workspace = workspace_client()
@@ -131,7 +147,7 @@ class PipesObjectLoader(ObjectLoader):
         staging = f"{run_folder}/{step_key}-{attempt}"
         prepare_staging(workspace.files, self.volume, staging)
         try:
-            upload_code(workspace.files, staging, self.configs_dir)
+            upload_code(workspace.files, staging, configs_dir)
             submission = Submission(
                 token=idempotency_token(context.run.run_id, step_key, attempt),
                 run_name=databricks_run_name(context.run.run_id, keys, cluster.name),

@@ -39,6 +39,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,8 @@ from dagster._core.execution.context.system import StepExecutionContext
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
 from fanout_dagster.core.objects import DEFAULT_CLUSTER
+from fanout_dagster.orchestration.claims import configs_of, held_claims
+from fanout_dagster.orchestration.partitions import run_partition_keys
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.object_loader import LocalObjectLoader
@@ -291,9 +294,12 @@ class IdempotentStepLauncher(DatabricksPySparkStepLauncher):
     - the Databricks run's page in the step's log.
     """
 
-    def __init__(self, *, configs_dir: str, **kwargs: Any):
+    def __init__(
+        self, *, configs_dir: str, cluster_limits: Mapping[str, int] | None = None, **kwargs: Any
+    ):
         super().__init__(local_dagster_job_package_path=str(PROJECT_ROOT), **kwargs)
         self.configs_dir = configs_dir
+        self.cluster_limits = dict(cluster_limits or {})
 
     def launch_step(self, step_context: StepExecutionContext) -> Iterator[DagsterEvent]:
         token = idempotency_token(
@@ -303,10 +309,22 @@ class IdempotentStepLauncher(DatabricksPySparkStepLauncher):
         bundle = code_bundle(self.configs_dir)
         self.local_dagster_job_package_path = bundle
         try:
-            yield from super().launch_step(step_context)
+            # The step's claims (orchestration/claims.py), held here: the remote
+            # side sees a stand-in instance. From the bundle's configs, the ones
+            # the remote side loads.
+            with self._claims(step_context, bundle):
+                yield from super().launch_step(step_context)
         finally:
             shutil.rmtree(bundle, ignore_errors=True)
             self._remove_staging(step_context)
+
+    def _claims(
+        self, step_context: StepExecutionContext, bundle: str
+    ) -> AbstractContextManager[None]:
+        instance, run = step_context.instance, step_context.dagster_run
+        keys = run_keys(run.tags, fallback=run_partition_keys(instance, run))
+        objects = configs_of(str(Path(bundle) / BUNDLED_CONFIGS), keys)
+        return held_claims(instance, run, step_context.step.key, objects, self.cluster_limits)
 
     def _remove_staging(self, step_context: StepExecutionContext) -> None:
         folder = "/".join(
@@ -370,6 +388,7 @@ def build_step_launcher(
         # Typed int by the launcher, but it only sleeps for it: fractions work.
         poll_interval_sec=settings.databricks_poll_s,
         configs_dir=object_configs.configs_path,
+        cluster_limits=settings.cluster_limits,
         verbose_logs=False,
         add_dagster_env_variables=False,
     )
@@ -395,7 +414,10 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
             "bronze_tables": bronze_tables,
             "object_configs": object_configs,
             "object_loader": LocalObjectLoader(
-                spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
+                spark=spark,
+                bronze_tables=bronze_tables,
+                object_configs=object_configs,
+                take_claims=False,  # the launching process holds the step's claims
             ),
             "pyspark_step_launcher": ResourceDefinition.none_resource(),
         }

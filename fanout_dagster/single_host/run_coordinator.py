@@ -59,11 +59,6 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
 from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
 
 from fanout_dagster.orchestration.locks import (
     object_lock,
@@ -73,7 +68,7 @@ from fanout_dagster.orchestration.locks import (
     run_locks,
 )
 from fanout_dagster.orchestration.object_state import sql_run_storage
-from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME, run_partition_keys
 from fanout_dagster.orchestration.placement import (
     Placement,
     cluster_tags,
@@ -241,19 +236,3 @@ def _declared_placements() -> dict[str, Placement]:
         obj.key: Placement(obj.cluster, obj.retries, obj.target.table)
         for obj in catalog.load().objects
     }
-
-
-def run_partition_keys(instance: DagsterInstance, run: DagsterRun) -> list[str]:
-    """The `objects` partition keys a run targets: one key, or a range resolved in partition order."""
-    if PARTITION_NAME_TAG in run.tags:
-        return [run.tags[PARTITION_NAME_TAG]]
-    start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
-    end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if not (start and end):
-        return []
-    all_keys = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
-    try:
-        first, last = all_keys.index(start), all_keys.index(end)
-    except ValueError:
-        return []
-    return all_keys[first : last + 1]
