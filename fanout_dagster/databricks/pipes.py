@@ -63,6 +63,7 @@ from databricks.sdk.errors import (
 from databricks.sdk.service import files, jobs
 
 from fanout_dagster.core.loading import ObjectReport
+from fanout_dagster.core.objects import ObjectConfig
 from fanout_dagster.databricks.remote import pipes_entry
 from fanout_dagster.databricks.step_launcher import (
     ClusterConfigError,
@@ -72,6 +73,7 @@ from fanout_dagster.databricks.step_launcher import (
     databricks_run_name,
     idempotency_token,
     load_cluster_definitions,
+    with_cluster_tag,
     write_code_bundle,
 )
 from fanout_dagster.orchestration.claims import configs_of, held_claims
@@ -134,12 +136,20 @@ class PipesObjectLoader(ObjectLoader):
             step = context.get_step_execution_context().step.key
             objects = configs_of(configs, keys)
             with held_claims(context.instance, context.run, step, objects, self.cluster_limits):
-                yield from self._load(context, keys, threads, configs)
+                yield from self._load(context, keys, threads, configs, objects)
 
     def _load(
-        self, context: AssetExecutionContext, keys: Sequence[str], threads: int, configs_dir: str
+        self,
+        context: AssetExecutionContext,
+        keys: Sequence[str],
+        threads: int,
+        configs_dir: str,
+        objects: Sequence[ObjectConfig],
     ) -> Iterator[ObjectReport]:
-        cluster = cluster_for_run(load_cluster_definitions(self.clusters_file), context.run.tags)
+        cluster = cluster_for_run(
+            load_cluster_definitions(self.clusters_file),
+            with_cluster_tag(context.run.tags, lambda: objects),
+        )
         workspace = workspace_client()
         step_key = context.get_step_execution_context().step.key
         attempt = context.retry_number

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ from dagster._core.events import DagsterEvent
 from dagster._core.execution.context.system import StepExecutionContext
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 
-from fanout_dagster.core.objects import DEFAULT_CLUSTER
+from fanout_dagster.core.objects import DEFAULT_CLUSTER, ObjectConfig
 from fanout_dagster.orchestration.claims import configs_of, held_claims
 from fanout_dagster.orchestration.partitions import run_partition_keys
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
@@ -203,6 +203,18 @@ def cluster_for_run(
             f"(defined: {', '.join(sorted(clusters))})"
         )
     return clusters[name]
+
+
+def with_cluster_tag(
+    run_tags: Mapping[str, str], objects: Callable[[], Sequence[ObjectConfig]]
+) -> Mapping[str, str]:
+    """The run's tags, with the cluster its objects name where the run has no cluster
+    tag: a UI backfill's run on a stock deployment, which no coordinator tagged (a
+    pack across clusters runs on its first object's; its claims hold a slot of each)."""
+    if CLUSTER_TAG in run_tags:
+        return run_tags
+    found = objects()
+    return {**run_tags, CLUSTER_TAG: found[0].cluster} if found else run_tags
 
 
 def idempotency_token(run_id: str, step_key: str, attempt: int) -> str:
@@ -453,10 +465,18 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
 
     @resource(description="Runs the bronze step on the run's Databricks cluster.")
     def pyspark_step_launcher(context: InitResourceContext) -> IdempotentStepLauncher:
-        assert context.dagster_run is not None
+        run = context.dagster_run
+        assert run is not None
+
+        def objects() -> list[ObjectConfig]:
+            keys = run_keys(run.tags)
+            if not keys and context.instance is not None:
+                keys = run_partition_keys(context.instance, run)
+            return object_configs.lookup(keys)[0]
+
         return build_step_launcher(
-            run_id=context.dagster_run.run_id,
-            run_tags=context.dagster_run.tags,
+            run_id=run.run_id,
+            run_tags=with_cluster_tag(run.tags, objects),
             settings=settings,
             clusters=clusters,
             object_configs=object_configs,

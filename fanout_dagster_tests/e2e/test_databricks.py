@@ -51,6 +51,7 @@ def databricks_deployment(
     cluster_start_seconds: float = 0.0,
     data_in: str = "local",
     env: dict[str, str] | None = None,
+    deployment: str = "accelerated",
     **emulator_options,
 ):
     """Emulator + daemon with FANOUT_TARGET=databricks; yields (instance, emulator, home).
@@ -62,7 +63,10 @@ def databricks_deployment(
     their own (`tmp_path/run-tmp`), so what a run leaves there is seen.
     """
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=max_runs, cluster_limits=cluster_limits
+        tmp_path / "dagster_home",
+        max_concurrent_runs=max_runs,
+        cluster_limits=cluster_limits,
+        deployment=deployment,
     )
     run_tmp = tmp_path / "run-tmp"
     run_tmp.mkdir()

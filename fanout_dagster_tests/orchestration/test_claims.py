@@ -11,7 +11,13 @@ import threading
 from collections.abc import Mapping, Sequence
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, Definitions, instance_for_test
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    instance_for_test,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.utils import make_new_run_id
@@ -61,12 +67,13 @@ class Step(threading.Thread):
         instance: DagsterInstance,
         objects: Sequence[ObjectConfig],
         cluster_limits: Mapping[str, int] | None = None,
+        status: DagsterRunStatus | None = None,
     ):
         super().__init__(daemon=True)
         self.instance = instance
         self.objects = objects
         self.cluster_limits = cluster_limits or {}
-        self.dagster_run = create_run_for_test(instance, job_name="__ASSET_JOB")
+        self.dagster_run = create_run_for_test(instance, job_name="__ASSET_JOB", status=status)
         self.holding = threading.Event()
         self.let_go = threading.Event()
         self.error: BaseException | None = None
