@@ -45,10 +45,11 @@ assigns it a slot in separate statements, so steps of several processes that
 claim one free slot at the same instant can all be assigned it (8 processes,
 a lock of limit 1, on SQLite: 9 trials in 15 had two or three holders). On SQL
 storages (SQLite, PostgreSQL, MySQL) a claim here is one conditional UPDATE of
-a free slot row (`... WHERE run_id IS NULL`), which exactly one writer wins;
-Dagster's bookkeeping (pending steps, freeing by run or step, run monitoring's
-sweep, the Concurrency page) sees the same rows. Other storages (Dagster+'s)
-get their own `claim_concurrency_slot`.
+a free slot row (`... WHERE run_id IS NULL`), which exactly one writer wins,
+and an attempt claims every pool it can in one connection (one transaction on
+SQLite); Dagster's bookkeeping (pending steps, freeing by run or step, run
+monitoring's sweep, the Concurrency page) sees the same rows. Other storages
+(Dagster+'s) get their own `claim_concurrency_slot`.
 """
 
 from __future__ import annotations
@@ -59,12 +60,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as db
 from dagster import DagsterInstance, MetadataValue
 from dagster._core.errors import raise_execution_interrupts
 from dagster._core.events import EngineEventData
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRun
 from dagster._core.storage.event_log.base import ConcurrencyKeyInfo, EventLogStorage
+from dagster._core.storage.event_log.schema import ConcurrencySlotsTable as _slots
+from dagster._core.storage.event_log.schema import PendingStepsTable as _pending
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 
 from fanout_dagster.core.objects import ObjectConfig, load_objects
@@ -125,8 +129,7 @@ class StepClaims:
         started = time.monotonic()
         limits = self._limits(pools)
         capped = [pool for pool in pools if limits[pool] is not None]
-        for pool in capped:
-            self._wait_for(pool)
+        self._wait_for(capped)
         uncapped = [describe(pool) for pool in pools if limits[pool] is None]
         waited = time.monotonic() - started
         self._event(
@@ -176,16 +179,21 @@ class StepClaims:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_for(self, pool: str) -> None:
-        shown: tuple[str, ...] | None = None
+    def _wait_for(self, pools: Sequence[str]) -> None:
+        """Claim the pools in order: as many as are free at each attempt, then wait for
+        the first that is not, saying who holds it."""
+        shown: tuple[str, tuple[str, ...]] | None = None
         poll = FIRST_POLL_S
         # Terminating the run interrupts the wait (the caller releases what it holds).
         with raise_execution_interrupts():
-            while not claim_once(self.storage, pool, self.run.run_id, self.step_key):
+            while (
+                held := claim_in_order(self.storage, pools, self.run.run_id, self.step_key)
+            ) < len(pools):
+                pool = pools[held]
                 info = self.storage.get_concurrency_info(pool)
                 holders = tuple(sorted({slot.run_id for slot in info.claimed_slots}))
-                if holders != shown:
-                    shown = holders
+                if (pool, holders) != shown:
+                    shown = (pool, holders)
                     self._event(self._waiting_message(pool, info, holders), [pool])
                 time.sleep(poll)
                 poll = min(poll * 1.5, MAX_POLL_S)
@@ -304,48 +312,87 @@ def _sql_storage(storage: Any) -> SqlEventLogStorage | None:
     return None
 
 
-def claim_once(storage: EventLogStorage, pool: str, run_id: str, step_key: str) -> bool:
-    """One attempt to hold a slot of `pool` for this step; True if it holds one."""
+def claim_in_order(
+    storage: EventLogStorage, pools: Sequence[str], run_id: str, step_key: str
+) -> int:
+    """One attempt to hold the pools, in order, for this step: returns how many of the
+    first pools it holds (all of them, or up to the first that has no free slot)."""
     sql = _sql_storage(storage)
     if sql is None:
-        return storage.claim_concurrency_slot(pool, run_id, step_key).is_claimed
-    return _compare_and_set(sql, pool, run_id, step_key)
-
-
-def _compare_and_set(storage: SqlEventLogStorage, pool: str, run_id: str, step_key: str) -> bool:
-    """Take a free slot row of the pool with one conditional UPDATE (see the module doc).
-
-    The step is also registered as pending on the pool, as Dagster's own claims
-    are: run monitoring finds the runs to sweep there, and the Concurrency page
-    lists the steps waiting.
-    """
-    import sqlalchemy as db
-    from dagster._core.storage.event_log.schema import ConcurrencySlotsTable as slots
-
-    if not storage.has_pending_step(pool, run_id, step_key):
-        storage.add_pending_step(pool, run_id, step_key)
-    mine = db.and_(
-        slots.c.concurrency_key == pool, slots.c.run_id == run_id, slots.c.step_key == step_key
-    )
-    free = db.and_(
-        slots.c.concurrency_key == pool,
-        slots.c.run_id.is_(None),
-        slots.c.deleted == False,  # noqa: E712 - SQL, not Python
-    )
+        held = 0
+        while held < len(pools) and (
+            storage.claim_concurrency_slot(pools[held], run_id, step_key).is_claimed
+        ):
+            held += 1
+        return held
     try:
-        with storage.index_connection() as conn:
-            if conn.execute(db.select(db.func.count()).select_from(slots).where(mine)).scalar():
-                return True
-            for (slot_id,) in conn.execute(db.select(slots.c.id).where(free)).fetchall():
-                taken = conn.execute(
-                    slots.update()
-                    .where(db.and_(slots.c.id == slot_id, free))
-                    .values(run_id=run_id, step_key=step_key)
-                )
-                if taken.rowcount == 1:
-                    return True
+        with sql.index_connection() as conn:  # one transaction on SQLite
+            held = _compare_and_set(conn, pools, run_id, step_key)
+            _register_pending(conn, pools, held, run_id, step_key)
+            return held
     except db.exc.OperationalError:
-        # SQLite: two writers' transactions met ("database is locked"); one of them
-        # went through. The caller tries again.
-        return False
-    return False
+        # SQLite: two writers' transactions met ("database is locked"), and this one
+        # was rolled back. Try again later.
+        return 0
+
+
+def _compare_and_set(conn: Any, pools: Sequence[str], run_id: str, step_key: str) -> int:
+    """Take a free slot row of each pool in turn with one conditional UPDATE, which
+    exactly one of several writers wins (see the module doc); stop at the first pool
+    without one. Slots this step holds already count as taken."""
+    mine = set(
+        conn.scalars(
+            db.select(_slots.c.concurrency_key).where(
+                db.and_(_slots.c.run_id == run_id, _slots.c.step_key == step_key)
+            )
+        )
+    )
+    for held, pool in enumerate(pools):
+        if pool in mine:
+            continue
+        free = db.and_(
+            _slots.c.concurrency_key == pool,
+            _slots.c.run_id.is_(None),
+            _slots.c.deleted == False,  # noqa: E712 - SQL, not Python
+        )
+        free_ids = conn.scalars(db.select(_slots.c.id).where(free)).all()
+        if not any(
+            conn.execute(
+                _slots.update()
+                .where(db.and_(_slots.c.id == slot_id, free))
+                .values(run_id=run_id, step_key=step_key)
+            ).rowcount
+            == 1
+            for slot_id in free_ids
+        ):
+            return held
+    return len(pools)
+
+
+def _register_pending(
+    conn: Any, pools: Sequence[str], held: int, run_id: str, step_key: str
+) -> None:
+    """Record the step on each pool it holds (assigned) and on the one it waits for, as
+    Dagster's own claims do: run monitoring finds the runs whose claims to free there,
+    and the Concurrency page lists who holds and who waits."""
+    registered = set(
+        conn.scalars(
+            db.select(_pending.c.concurrency_key).where(
+                db.and_(_pending.c.run_id == run_id, _pending.c.step_key == step_key)
+            )
+        )
+    )
+    now = db.func.now()
+    rows = [
+        {
+            "concurrency_key": pool,
+            "run_id": run_id,
+            "step_key": step_key,
+            "priority": 0,
+            "assigned_timestamp": now if index < held else None,
+        }
+        for index, pool in enumerate(pools[: held + 1])
+        if pool not in registered
+    ]
+    if rows:
+        conn.execute(_pending.insert().values(rows))

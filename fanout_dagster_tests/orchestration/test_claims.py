@@ -26,7 +26,7 @@ from fanout_dagster.core.objects import ObjectConfig, load_objects
 from fanout_dagster.orchestration.bronze import build_bronze_asset
 from fanout_dagster.orchestration.claims import (
     CLAIMS_METADATA,
-    claim_once,
+    claim_in_order,
     cluster_pool,
     held_claims,
     lock_pool,
@@ -156,7 +156,7 @@ def _claim_at_once(ref, run_id: str, ready, results) -> None:
             pool = lock_pool(f"object/erp-orders-{attempt}")
             storage.get_concurrency_info(pool)  # connected before the start
             ready.wait(300)
-            results.put((attempt, run_id, claim_once(storage, pool, run_id, STEP)))
+            results.put((attempt, run_id, claim_in_order(storage, [pool], run_id, STEP) == 1))
 
 
 def test_a_lock_claimed_by_many_processes_at_the_same_instant_has_one_holder(instance):
