@@ -1,6 +1,6 @@
 """The 10,000-object section: what the fan-out list costs before any data moves.
 
-- `scale_definitions_load`: `python -c 'import fanout_dagster.definitions'` in a
+- `scale_definitions_load`: `fanout_dagster.definitions.defs()` in a
   fresh process with FANOUT_CONFIGS_DIR at the 10k configs (median of 3). Every
   code server, run worker and daemon pays this.
 - `scale_sensor_first_tick`: the real `dagster-daemon` against a fresh instance

@@ -2,13 +2,15 @@
 that need reading, add audit columns, and write its bronze Delta table.
 
 - overwrite: every run reads every source file; the table becomes that load.
-- append: each source file is ingested exactly once. The table records, with
-  its rows, which files it holds (path, size, modification time, and the hash
-  of the object's source definition); a run reads only the files that are new
-  or changed and replaces exactly their rows, in one transaction. Rows of
-  files that left the source stay, as history. When the source definition
-  itself changes (path, format, options, schema), the table is reloaded from
-  the current source in one transaction, so a switch never leaves a row twice.
+- append: each source file is ingested exactly once. Each commit records
+  which files the table holds (path, size, modification time, and the hash
+  of the object's source definition; tables.py), files without rows
+  included; a run reads only the files that are new or changed and replaces
+  exactly their rows, in one transaction. A run with nothing new commits
+  nothing. Rows of files that left the source stay, as history. When the
+  source definition itself changes (path, format, options, schema, or a
+  table source), the table is reloaded from the current source in one
+  transaction, so a switch never leaves a row twice.
 
 Local data roots (including `/Volumes/...` and `/dbfs/...`, which are mounted
 on a Databricks cluster) are listed with the file system, so that symlinks
@@ -37,8 +39,16 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
+from fanout_dagster.core.expectations import ExpectationChecks, ExpectationsReport
 from fanout_dagster.core.objects import ObjectConfig, SourceSpec
-from fanout_dagster.core.tables import BronzeTableWriter, Commit, FileState, commit_tag
+from fanout_dagster.core.tables import (
+    NO_FILES,
+    BronzeTableWriter,
+    Commit,
+    FileRecord,
+    FileState,
+    commit_tag,
+)
 
 AUDIT_COLUMNS = (
     "_ingested_at",
@@ -67,6 +77,10 @@ class SourceFile:
     def load_id(self) -> str:
         return source_load_id(self.relative)
 
+    @property
+    def state(self) -> FileState:
+        return FileState(self.size, self.modified_ms)
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -84,6 +98,8 @@ class LoadResult:
     load_ids: tuple[str, ...]  # the `_load_id`s (source files) this load replaced
     reloaded: bool  # append: the source definition changed, the table was reloaded
     seconds: float
+    # What the object's expectations did to this load (None: it declares none).
+    expectations: ExpectationsReport | None = None
 
 
 # --------------------------------------------------------------------------- listing
@@ -302,14 +318,17 @@ def ingest_object(
     """Load one object into its bronze table: one Delta transaction, or none."""
     started = time.perf_counter()
     table, target = obj.target.table, obj.target
-    tag = commit_tag(run_id, obj.key)
     allow_empty = target.on_empty == "allow"
     mode = target.schema_evolution_mode
+    checks = ExpectationChecks.of(obj, writer)
 
     if obj.source.table:
         df = _audited_table_source(spark, obj, run_id)
-        commit = writer.overwrite(df, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, 1, 1, (), False, started)
+        tag = commit_tag(run_id, obj.key, _recorded(obj, NO_FILES, []))
+        commit = writer.overwrite(
+            df, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, 1, 1, (), False, started, checks)
 
     files = list_source_files(spark, data_root, obj.source)
     root_path = _uri_path(data_root) if is_uri_root(data_root) else str(_local_root(data_root))
@@ -337,19 +356,20 @@ def ingest_object(
                     f"table {writer.full_name(table)} keeps its previous version"
                 )
             rows = spark.table(writer.full_name(table)).limit(0)
-        commit = writer.overwrite(rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag)
-        return _result(obj, commit, len(files), len(files), (), False, started)
+        # The table is exactly these files (a later switch to append reads none again).
+        tag = commit_tag(run_id, obj.key, _recorded(obj, NO_FILES, files))
+        commit = writer.overwrite(
+            rows, table=table, mode=mode, allow_empty=allow_empty, tag=tag, checks=checks
+        )
+        return _result(obj, commit, len(files), len(files), (), False, started, checks)
 
     done = writer.ingested_files(table)
-    # Rows of another source definition: the table starts over from this source.
-    accepted = obj.accepted_source_hashes
-    reload = any(state.source_hash not in accepted for state in done.values())
-    # Otherwise a file is read again only when it changed (size or time).
-    todo = [
-        f
-        for f in files
-        if reload or not _unchanged(done.get(f.load_id), f.size, f.modified_ms, accepted)
-    ]
+    # Files of another source definition: the table starts over from this source.
+    # (Files an earlier release recorded may carry the older form of this same
+    # source's hash: objects/model.py, accepted_source_hashes.)
+    reload = bool(done.source_hashes - obj.accepted_source_hashes)
+    todo = [f for f in files if reload or done.files.get(f.load_id) != f.state]
+    tag = commit_tag(run_id, obj.key, _recorded(obj, NO_FILES if reload else done, todo))
     new_rows = audited(todo) if todo else None
     load_ids = tuple(f.load_id for f in todo)
     commit = writer.replace_files(
@@ -360,8 +380,15 @@ def ingest_object(
         allow_empty=allow_empty,
         tag=tag,
         reload=reload,
+        checks=checks,
     )
-    return _result(obj, commit, len(files), len(todo), load_ids, reload, started)
+    return _result(obj, commit, len(files), len(todo), load_ids, reload, started, checks)
+
+
+def _recorded(obj: ObjectConfig, held: FileRecord, read: list[SourceFile]) -> FileRecord:
+    """The files the table holds once the files `read` (with rows or without) are in."""
+    files = {**held.files, **{f.load_id: f.state for f in read}}
+    return FileRecord(frozenset([obj.source_hash]), files)
 
 
 def _audited_table_source(spark: SparkSession, obj: ObjectConfig, run_id: str) -> DataFrame:
@@ -387,6 +414,7 @@ def _result(
     load_ids: tuple[str, ...],
     reloaded: bool,
     started: float,
+    checks: ExpectationChecks | None = None,
 ) -> LoadResult:
     return LoadResult(
         key=obj.key,
@@ -403,14 +431,14 @@ def _result(
         load_ids=load_ids,
         reloaded=reloaded,
         seconds=time.perf_counter() - started,
+        expectations=_expectations_report(checks, commit),
     )
 
 
-def _unchanged(
-    state: FileState | None, size: int, modified_ms: int, hashes: frozenset[str]
-) -> bool:
-    return (
-        state is not None
-        and (state.size, state.modified_ms) == (size, modified_ms)
-        and (state.source_hash in hashes)
-    )
+def _expectations_report(
+    checks: ExpectationChecks | None, commit: Commit
+) -> ExpectationsReport | None:
+    if checks is None:
+        return None
+    # A load that found nothing new checked no row.
+    return checks.report() if commit.written else checks.empty_report()

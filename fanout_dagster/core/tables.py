@@ -1,14 +1,17 @@
 """Bronze tables: Delta Lake, written by one writer locally and on Databricks.
 
-A bronze table holds one object. Its rows carry audit columns (ingest.py), two
-of which make the loads idempotent:
+A bronze table holds one object. Its rows carry audit columns (ingest.py):
+`_load_id` names the source file a row came from (a hash of the file's path
+relative to the data root), so a file's rows can be replaced as a whole.
 
-- `_load_id`: which source file a row came from (a hash of the file's path
-  relative to the data root);
-- `_source_size`, `_source_modified`, `_source_hash`: the file's size and
-  modification time when it was read, and the hash of the object's source
-  definition (format, path, options, schema). Together they record, durably
-  and in the same transaction as the rows, which files the table already holds.
+Which source files a table holds is recorded in each commit's own metadata
+(`userMetadata`, with the run and object): every file read into it, with or
+without rows (an empty file is held too, and never read again), with its size
+and modification time, and the hash of the source definition (format, path,
+options, schema) they were read with. The record is part of the commit that
+wrote the rows, so the two never part. A table whose commits carry no record
+(written before it existed) is judged by its rows' `_source_size`,
+`_source_modified` and `_source_hash`.
 
 Every write is one Delta transaction, so a write that fails or is killed half
 way commits nothing and the previous version stays readable:
@@ -29,14 +32,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from fanout_dagster.core.schema_policy import EvolutionMode, SchemaChangeRejected, conform
+from fanout_dagster.core.schema_policy import (
+    RESCUED_COLUMN,
+    EvolutionMode,
+    SchemaChangeRejected,
+    conform,
+)
 
 LOAD_COLUMN = "_load_id"
 # Identifiers that reach SQL: validated table names (objects.py), the schema
@@ -52,9 +61,20 @@ class LoadRejected(Exception):
 class FileState:
     """What a table records about one source file it holds."""
 
-    size: int
-    modified_ms: int
-    source_hash: str
+    size: int | None  # None: no file (rows of a table source)
+    modified_ms: int | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """The source files a table holds (load id -> state) and the hashes of the source
+    definitions they were read with (one, except in rows written before a reload)."""
+
+    source_hashes: frozenset[str]
+    files: Mapping[str, FileState]
+
+
+NO_FILES = FileRecord(frozenset(), {})
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,24 @@ class Commit:
     schema: StructType  # the table's schema after the write
 
 
+class RowChecks(Protocol):
+    """Checks of each row of a load whose schema fits the table (core/expectations.py)."""
+
+    def kept(self, rows: DataFrame) -> DataFrame:
+        """The rows the table gets (what the emptiness check looks at)."""
+        ...
+
+    def write_aside(self, rows: DataFrame, *, load_ids: Collection[str] | None, tag: str) -> None:
+        """Commit, before the table, the rows that go elsewhere (the quarantine),
+        replacing those of these load ids (None: all of them)."""
+        ...
+
+    def to_write(self, rows: DataFrame, *, counted: bool) -> DataFrame:
+        """The kept rows as the write reads them; `counted`: the write reports the
+        metrics they observe (otherwise they are counted before)."""
+        ...
+
+
 def quote(name: str) -> str:
     """`a.b.c` -> `` `a`.`b`.`c` `` for names made of plain identifier parts."""
     parts = name.split(".")
@@ -79,9 +117,70 @@ def quote(name: str) -> str:
     return ".".join(f"`{part}`" for part in parts)
 
 
-def commit_tag(run_id: str, key: str) -> str:
-    """The userMetadata of a bronze commit: which run wrote which object."""
-    return json.dumps({"dagster_run_id": run_id, "partition_key": key}, sort_keys=True)
+def commit_tag(run_id: str, key: str, files: FileRecord | None = None) -> str:
+    """The userMetadata of a bronze commit: which run wrote which object, and the
+    record of the source files the table holds after this commit."""
+    tag: dict[str, Any] = {"dagster_run_id": run_id, "partition_key": key}
+    if files is not None:
+        [source_hash] = files.source_hashes  # a commit's files share one source definition
+        tag["source_hash"] = source_hash
+        tag["source_files"] = {
+            load_id: [state.size, state.modified_ms] for load_id, state in files.files.items()
+        }
+    return json.dumps(tag, sort_keys=True)
+
+
+def _bronze_tag(user_metadata: str | None) -> dict[str, Any] | None:
+    """A commit's userMetadata read as a bronze commit tag; None for another writer's."""
+    try:
+        tag = json.loads(user_metadata or "")
+    except ValueError:
+        return None
+    if isinstance(tag, dict) and {"dagster_run_id", "partition_key"} <= tag.keys():
+        return tag
+    return None
+
+
+def is_commit_of(user_metadata: str | None, run_id: str, key: str) -> bool:
+    """Whether a commit's userMetadata says this run wrote this object (a file
+    object's tag also carries its file record, so the tag is read, not compared)."""
+    tag = _bronze_tag(user_metadata)
+    return tag is not None and (tag["dagster_run_id"], tag["partition_key"]) == (run_id, key)
+
+
+def _recorded_files(tag: Mapping[str, Any]) -> FileRecord | None:
+    files = tag.get("source_files")
+    if not isinstance(files, dict) or not isinstance(tag.get("source_hash"), str):
+        return None  # written before commits recorded their files
+    return FileRecord(
+        frozenset([tag["source_hash"]]),
+        {load_id: FileState(*state) for load_id, state in files.items()},
+    )
+
+
+def record_in_history(entries: Sequence[Row]) -> tuple[FileRecord | None, bool]:
+    """The file record of a table's current state, from its history (newest first):
+    `(record, True)` when decided (record None: no commit says, the rows tell),
+    `(None, False)` when these entries are not enough.
+
+    The record is the newest bronze commit's. Other writers' commits (OPTIMIZE,
+    a user's DELETE) leave it standing: deleted rows are not read again. A
+    RESTORE brings back the record of the version it restored.
+    """
+    restored_to: int | None = None
+    for entry in entries:
+        if restored_to is not None and entry.version > restored_to:
+            continue
+        if entry.operation == "RESTORE":
+            version = (entry.operationParameters or {}).get("version")
+            if version is None:  # restored to a timestamp
+                return None, True
+            restored_to = int(version)
+            continue
+        tag = _bronze_tag(entry.userMetadata)
+        if tag is not None:
+            return _recorded_files(tag), True
+    return None, False
 
 
 class BronzeTableWriter:
@@ -119,24 +218,45 @@ class BronzeTableWriter:
     def table_schema(self, table: str) -> StructType | None:
         return self.spark.table(quote(self.full_name(table))).schema if self.exists(table) else None
 
-    def ingested_files(self, table: str) -> dict[str, FileState]:
-        """load id -> the state of the source file whose rows the table holds."""
+    def ingested_files(self, table: str) -> FileRecord:
+        """The source files the table holds, from its history (`record_in_history`);
+        for a table whose commits record none, the files its rows came from."""
         if not self.exists(table):
-            return {}
+            return NO_FILES
+        name = quote(self.full_name(table))
+        for limit in (1, 100):  # the newest commit is nearly always a bronze one
+            entries = (
+                self.spark.sql(f"DESCRIBE HISTORY {name} LIMIT {limit}")
+                .select("version", "operation", "operationParameters", "userMetadata")
+                .collect()
+            )
+            record, decided = record_in_history(entries)
+            if decided or len(entries) < limit:
+                break
+        return record if record is not None else self._files_of_rows(name)
+
+    def _files_of_rows(self, name: str) -> FileRecord:
         rows = (
-            self.spark.table(quote(self.full_name(table)))
+            self.spark.table(name)
             .groupBy(LOAD_COLUMN)
             .agg(
                 F.max("_source_size").alias("size"),
                 F.max(F.unix_millis("_source_modified")).alias("modified_ms"),
-                F.max("_source_hash").alias("source_hash"),
+                F.collect_set("_source_hash").alias("source_hashes"),
             )
             .collect()
         )
-        return {
-            row[LOAD_COLUMN]: FileState(int(row.size), int(row.modified_ms), row.source_hash)
-            for row in rows
-        }
+        # Rows of a table source have no size and time (int(None) would fail).
+        return FileRecord(
+            frozenset(h for row in rows for h in row.source_hashes),
+            {
+                row[LOAD_COLUMN]: FileState(
+                    None if row.size is None else int(row.size),
+                    None if row.modified_ms is None else int(row.modified_ms),
+                )
+                for row in rows
+            },
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -148,13 +268,21 @@ class BronzeTableWriter:
         mode: EvolutionMode,
         allow_empty: bool,
         tag: str,
+        checks: RowChecks | None = None,
     ) -> Commit:
-        """Make `df` the whole table, in one transaction."""
+        """Make `df` the whole table, in one transaction (`checks`: of its rows)."""
         current = self.table_schema(table)
         conformed, merge = self._conform(df, current, mode, table)
-        if not allow_empty and conformed.isEmpty():
+        kept = checks.kept(conformed) if checks else conformed
+        if not allow_empty and kept.isEmpty():
             raise LoadRejected(self._empty_message(table, current))
-        self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
+        counted = checks is not None and current is not None
+        if checks:
+            checks.write_aside(conformed, load_ids=None, tag=tag)
+            kept = checks.to_write(conformed, counted=counted)
+        self._write(
+            kept, table, replace_where=None, merge=merge, tag=tag, exists=current, counted=counted
+        )
         # The table is exactly this load: its rows are the rows written.
         return self._commit(table, tag, conformed.schema, rows=None)
 
@@ -168,6 +296,7 @@ class BronzeTableWriter:
         allow_empty: bool,
         tag: str,
         reload: bool = False,
+        checks: RowChecks | None = None,
     ) -> Commit:
         """Replace the rows of these source files with the rows `df` holds, in one transaction.
 
@@ -187,22 +316,50 @@ class BronzeTableWriter:
         if df is None:
             if current is None:
                 raise LoadRejected(self._empty_message(table, current))
-            df = self.spark.table(quote(self.full_name(table))).limit(0).drop("_rescued_data")
-        conformed, merge = self._conform(df, current, mode, table)
-        if not allow_empty and conformed.isEmpty():
+            df = self._no_rows(table)
+        try:
+            conformed, merge = self._conform(df, current, mode, table)
+        except LoadRejected:
+            if current is None or not df.isEmpty():
+                raise
+            # Files without rows (a header-only CSV, its columns typed as text by
+            # inference): nothing to fit to the table; the commit records them.
+            conformed, merge = self._conform(self._no_rows(table), current, mode, table)
+        load = checks.kept(conformed) if checks else conformed
+        if not allow_empty and load.isEmpty():
             kept = 0
             if current is not None and not reload:
                 kept = self.spark.table(quote(self.full_name(table))).where(~these).limit(1).count()
             if kept == 0:
                 raise LoadRejected(self._empty_message(table, current))
-        if current is None or reload:
-            self._write(conformed, table, replace_where=None, merge=merge, tag=tag, exists=current)
-            # The table is exactly this load.
+        whole = current is None or reload  # the table is exactly this load
+        # Only a whole-table write reports the checks' metrics (DataFrameWriterV2).
+        # Replacing some load ids stays with saveAsTable's replaceWhere: Delta's
+        # V2 overwrite by a filter wrote back the whole table for a load of one
+        # empty new file (numOutputRows 733 of 733, no numCopiedRows). Such a
+        # load counts its own (new) rows first instead.
+        counted = checks is not None and current is not None and whole
+        if checks:
+            checks.write_aside(conformed, load_ids=None if whole else load_ids, tag=tag)
+            load = checks.to_write(conformed, counted=counted)
+        condition = None if whole else _load_ids_condition(load_ids)
+        self._write(
+            load,
+            table,
+            replace_where=condition,
+            merge=merge,
+            tag=tag,
+            exists=current,
+            counted=counted,
+        )
+        if whole:
             return self._commit(table, tag, conformed.schema, rows=None)
-        condition = f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
-        self._write(conformed, table, replace_where=condition, merge=merge, tag=tag, exists=current)
         rows = self.spark.table(quote(self.full_name(table))).count()
         return self._commit(table, tag, conformed.schema, rows=rows)
+
+    def _no_rows(self, table: str) -> DataFrame:
+        """No rows, in the table's columns (as a load has them)."""
+        return self.spark.table(quote(self.full_name(table))).limit(0).drop(RESCUED_COLUMN)
 
     def _conform(
         self, df: DataFrame, current: StructType | None, mode: EvolutionMode, table: str
@@ -223,8 +380,19 @@ class BronzeTableWriter:
         merge: bool,
         tag: str,
         exists: StructType | None,
+        counted: bool = False,
     ) -> None:
+        """`counted`: the rows observe metrics the caller reads after the write, and
+        the table exists. DataFrameWriterV2's overwrite reports them; Delta's
+        saveAsTable (create or replace table as select) runs its query nested and
+        loses them (pyspark 4.1, Delta 4.1, classic and Connect alike)."""
         self._ensure_schema()
+        if counted:
+            v2 = df.writeTo(self.full_name(table)).option("userMetadata", tag)
+            if merge:
+                v2 = v2.option("mergeSchema", "true")
+            v2.overwrite(F.expr(replace_where) if replace_where is not None else F.lit(True))
+            return
         writer = df.write.format("delta").mode("overwrite").option("userMetadata", tag)
         if replace_where is not None:
             writer = writer.option("replaceWhere", replace_where)
@@ -232,6 +400,18 @@ class BronzeTableWriter:
             # New source columns are added to the table (schema_policy decided so).
             writer = writer.option("mergeSchema", "true")
         writer.saveAsTable(self.full_name(table))
+
+    def write_beside(
+        self, df: DataFrame, *, table: str, load_ids: Collection[str] | None, tag: str
+    ) -> None:
+        """Write a table beside an object's bronze table (its quarantine), in one
+        transaction: the rows of these load ids replaced (None: the whole table),
+        new columns added."""
+        if load_ids is not None and not load_ids:
+            return  # no load's rows to replace
+        exists = self.exists(table)
+        condition = None if load_ids is None or not exists else _load_ids_condition(load_ids)
+        self._write(df, table, replace_where=condition, merge=exists, tag=tag, exists=None)
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
@@ -292,6 +472,11 @@ class BronzeTableWriter:
             f"the source has no rows; table {name} keeps its previous version (on_empty: fail; "
             "set on_empty: allow to commit empty loads)"
         )
+
+
+def _load_ids_condition(load_ids: Collection[str]) -> str:
+    # Load ids are hex digests (ingest.source_load_id), quoted anyway.
+    return f"{LOAD_COLUMN} IN ({', '.join(repr(i) for i in sorted(load_ids))})"
 
 
 def history(spark: SparkSession, full_name: str, limit: int = 20) -> list[dict[str, object]]:

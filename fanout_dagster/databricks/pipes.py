@@ -24,6 +24,9 @@ Per step (one object or a pack), `PipesObjectLoader.load`:
    state; cancels the Databricks run if the Dagster run is terminated; and
    removes the staging folder, whatever happened.
 
+Every API call (jobs, Files API, the Pipes context and messages) goes through
+one client that rides out throttling and unavailability (databricks_api.py).
+
 The token stays in this process: nothing staged or submitted carries it.
 """
 
@@ -52,7 +55,7 @@ from dagster_databricks.pipes import (
     PipesUnityCatalogVolumesMessageReader,
     delete_volume_directory_recursive,
 )
-from dagster_pipes import PipesContextData, PipesExtras, PipesMessage
+from dagster_pipes import PipesContextData, PipesExtras, PipesMessage, PipesParams
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import (
     DatabricksError,
@@ -64,16 +67,19 @@ from databricks.sdk.service import files, jobs
 
 from fanout_dagster.core.loading import ObjectReport
 from fanout_dagster.core.objects import ObjectConfig
-from fanout_dagster.databricks.remote import pipes_entry
-from fanout_dagster.databricks.step_launcher import (
+from fanout_dagster.databricks.api import ThrottlePolicy, ride_out_throttling
+from fanout_dagster.databricks.clusters import (
     ClusterConfigError,
     ClusterDefinition,
     api_new_cluster,
     cluster_for_run,
-    databricks_run_name,
-    idempotency_token,
     load_cluster_definitions,
     with_cluster_tag,
+)
+from fanout_dagster.databricks.remote import pipes_entry
+from fanout_dagster.databricks.submission import (
+    databricks_run_name,
+    idempotency_token,
     write_code_bundle,
 )
 from fanout_dagster.orchestration.claims import configs_of, held_claims
@@ -110,6 +116,8 @@ class PipesObjectLoader(ObjectLoader):
     cluster_libraries: str = ""
     poll_s: float = 5.0
     timeout_s: int = 3600
+    # How long one API call may be refused (429/503) before the step fails.
+    api_retry_budget_s: float = ThrottlePolicy.budget_s
     cluster_limits: dict[str, int] = {}  # runs at once per cluster, for the claims
 
     @classmethod
@@ -150,7 +158,7 @@ class PipesObjectLoader(ObjectLoader):
             load_cluster_definitions(self.clusters_file),
             with_cluster_tag(context.run.tags, lambda: objects),
         )
-        workspace = workspace_client()
+        workspace = workspace_client(ThrottlePolicy(budget_s=self.api_retry_budget_s))
         step_key = context.get_step_execution_context().step.key
         attempt = context.retry_number
         run_folder = f"{self.volume}/staging/{context.run.run_id}"
@@ -189,7 +197,7 @@ class PipesObjectLoader(ObjectLoader):
         injector = PipesUnityCatalogVolumesContextInjector(
             client=workspace, volume_path=self.volume
         )
-        reader = PipesUnityCatalogVolumesMessageReader(
+        reader = VolumeMessageReader(
             client=workspace, volume_path=self.volume, interval=self.poll_s
         )
         reported: set[str] = set()
@@ -328,8 +336,9 @@ class Submission:
         return int(waiter.bind()["run_id"])
 
 
-def workspace_client() -> WorkspaceClient:
-    """A client from databricks-sdk's default sources (env vars or a config profile)."""
+def workspace_client(throttle: ThrottlePolicy | None = None) -> WorkspaceClient:
+    """A client from databricks-sdk's default sources (env vars or a config profile), whose
+    every call rides out throttling and unavailability."""
     from databricks.sdk.core import Config
 
     config = Config()
@@ -338,7 +347,7 @@ def workspace_client() -> WorkspaceClient:
             "no Databricks workspace configured: set DATABRICKS_HOST and DATABRICKS_TOKEN, or "
             "DATABRICKS_CONFIG_PROFILE naming a ~/.databrickscfg profile"
         )
-    return WorkspaceClient(config=config)
+    return ride_out_throttling(WorkspaceClient(config=config), throttle)
 
 
 def prepare_staging(api: files.FilesAPI, volume: str, staging: str) -> None:
@@ -408,6 +417,38 @@ def cancel_and_wait(workspace: WorkspaceClient, run_id: int, poll_s: float) -> N
 
 
 # --------------------------------------------------------------------------- Pipes session
+
+
+class VolumeMessageReader(PipesUnityCatalogVolumesMessageReader):
+    """dagster-databricks' reader of the Pipes messages on the volume, with two changes
+    so that no object report is lost when the Files API is throttled or slow:
+
+    - each poll reads every message chunk already written, not just one. The
+      stock reader reads one chunk per poll and, once the run has ended, reads
+      for 10 s more: a backlog (the remote writes a chunk a second while it
+      logs) or slow, throttled reads left the last reports unread, and their
+      objects were reported failed although they had loaded;
+    - only "no such chunk yet" (404) means no chunk. The stock reader took any
+      error (an API call that ran out of retries too) for "not written yet".
+    """
+
+    def download_messages_chunk(self, index: int, params: PipesParams) -> str | None:
+        try:
+            response = self.files_client.download(f"{params['path']}/{index}.json")
+        except NotFound:
+            return None
+        assert response.contents is not None, "a message chunk without contents"
+        return response.contents.read().decode("utf-8")
+
+    # The signature of PipesBlobStoreMessageReader's own override (an int cursor).
+    def download_messages(  # type: ignore[override]
+        self, cursor: int | None, params: PipesParams
+    ) -> tuple[int, str] | None:
+        chunks = []
+        while (chunk := self.download_messages_chunk(self.counter, params)) is not None:
+            chunks.append(chunk)
+            self.counter += 1
+        return (self.counter, "\n".join(chunks)) if chunks else None
 
 
 class ForwardingMessageHandler(PipesMessageHandler):

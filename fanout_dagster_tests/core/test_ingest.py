@@ -19,7 +19,7 @@ from fanout_dagster.core.ingest import (
     source_load_id,
 )
 from fanout_dagster.core.objects import SourceSpec
-from fanout_dagster.core.tables import LoadRejected
+from fanout_dagster.core.tables import LoadRejected, commit_tag
 from fanout_dagster_tests.helpers import (
     child_env,
     expected_source_files,
@@ -202,6 +202,7 @@ def test_overwrite_rerun_replaces_the_table_in_a_new_version(spark, project, wri
     assert old.first().n == count
 
 
+@pytest.mark.duration(100)
 def test_the_table_is_known_by_its_name_to_a_new_spark_process(spark, project, writer, tmp_path):
     """Another Spark process on the same warehouse (a shell, the next run) finds
     `<schema>.<table>` by name."""
@@ -307,15 +308,95 @@ def test_append_keeps_the_rows_of_a_file_that_left_the_source(spark, project, wr
     )
 
 
-def test_a_new_file_without_rows_is_fine(spark, project, writer):
-    obj = sample_object(project.configs, "erp-payments")
+def header_line(folder: Path) -> str:
+    return next(folder.glob("*.csv")).read_text().splitlines()[0] + "\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "content"),
+    [
+        ("erp-payments", "payments_2026-07.csv", "header"),
+        ("erp-payments", "payments_2026-07.csv", ""),
+        ("crm-web_events", "day=2026-07-01.jsonl", ""),
+    ],
+    ids=["header-only-csv", "empty-csv", "empty-jsonl"],
+)
+def test_a_new_file_without_rows_is_recorded_once_and_never_read_again(
+    spark, project, writer, key, name, content
+):
+    """An empty file (a day without events) is ingested like any other: one commit
+    records it, and a run with nothing new after that commits nothing."""
+    obj = sample_object(project.configs, key)
     first = ingest(spark, project, writer, obj, run_id="run-1")
+    new = project.data / Path(obj.source.path).parent / name
+    new.write_text(header_line(new.parent) if content == "header" else content)
+
+    second = ingest(spark, project, writer, obj, run_id="run-2")
+    assert (second.files_read, second.load_ids) == (1, (file_load_id(project, new),))
+    assert (second.rows_written, second.rows, second.version) == (0, first.rows, first.version + 1)
+    third = ingest(spark, project, writer, obj, run_id="run-3")
+    assert (third.written, third.files_read, third.version) == (False, 0, second.version)
+    assert version_of(spark, project, obj) == second.version
+
+
+def test_a_header_only_file_with_inferred_types_is_recorded_once(spark, project, writer):
+    """With inferSchema a header-only CSV reads as text columns; its missing rows
+    say nothing about the column types, so it is no type change."""
+    sample = sample_object(project.configs, "erp-payments")
+    obj = with_source(sample, options={**sample.source.options, "inferSchema": True})
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    assert dict(first.columns)["payment_id"] == "int"
     folder = project.data / "erp" / "payments"
-    (folder / "payments_2026-07.csv").write_text(
-        (folder / "payments_2026-06.csv").read_text().splitlines()[0] + "\n"
-    )
+    (folder / "payments_2026-07.csv").write_text(header_line(folder))
+
     second = ingest(spark, project, writer, obj, run_id="run-2")
     assert (second.files_read, second.rows_written, second.rows) == (1, 0, first.rows)
+    assert dict(second.columns)["payment_id"] == "int"
+    third = ingest(spark, project, writer, obj, run_id="run-3")
+    assert (third.written, third.files_read, third.version) == (False, 0, second.version)
+
+
+def test_restoring_an_append_table_rolls_its_file_record_back_too(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    new = add_payments_file(project)
+    empty = new.parent / "payments_2026-08.csv"
+    empty.write_text(header_line(new.parent))
+    assert ingest(spark, project, writer, obj, run_id="run-2").files_read == 2
+    spark.sql(f"RESTORE TABLE {first.table} TO VERSION AS OF {first.version}")
+
+    again = ingest(spark, project, writer, obj, run_id="run-3")
+    assert sorted(again.load_ids) == sorted(
+        [file_load_id(project, new), file_load_id(project, empty)]
+    )
+    non_empty = [f for f in source_files(project, obj) if f != str(empty.resolve())]
+    assert rows_per_file(spark, project, obj) == spark_source_counts(spark, obj, non_empty)
+    assert ingest(spark, project, writer, obj, run_id="run-4").files_read == 0
+
+
+def rewrite_as_an_earlier_version(spark, writer, obj, run_id: str) -> None:
+    """A commit as versions before the file record wrote them: same rows, and
+    userMetadata naming only the run and the object."""
+    table = spark.table(writer.full_name(obj.target.table))
+    writer.overwrite(
+        table,
+        table=obj.target.table,
+        mode="addNewColumns",
+        allow_empty=True,
+        tag=commit_tag(run_id, obj.key),
+    )
+
+
+def test_a_table_whose_commits_carry_no_file_record_is_read_from_its_rows(spark, project, writer):
+    obj = sample_object(project.configs, "erp-payments")
+    first = ingest(spark, project, writer, obj, run_id="run-1")
+    rewrite_as_an_earlier_version(spark, writer, obj, "old-run")
+    assert ingest(spark, project, writer, obj, run_id="run-2").files_read == 0
+    new = add_payments_file(project)
+    third = ingest(spark, project, writer, obj, run_id="run-3")
+    assert third.load_ids == (file_load_id(project, new),)
+    assert third.rows == first.rows + third.rows_written
+    assert ingest(spark, project, writer, obj, run_id="run-4").files_read == 0
 
 
 def test_file_names_that_need_escaping_get_the_right_load_ids(spark, project, writer):
@@ -411,6 +492,39 @@ def test_changing_the_source_path_or_format_reloads_the_table(spark, project, wr
     # Back to the CSV path: reloaded again, each row once.
     ingest(spark, project, writer, obj, run_id="run-3")
     assert_each_source_row_once(spark, project, obj)
+
+
+TABLE_SOURCE = """\
+code: erp
+name: payments
+source: {{table: {table}}}
+target: {{table: erp_payments}}
+"""
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["file-record", "rows-only"])
+def test_switching_from_a_table_source_to_append_files_reloads_the_table(
+    spark, project, writer, tmp_path, recorded
+):
+    """Rows of a table source name no file (null size and time): a switch to an
+    append file source reloads the table from the files, whatever wrote those rows."""
+    obj = sample_object(project.configs, "erp-payments")
+    files = source_files(project, obj)
+    source_table = project.table("raw_payments")
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {project.schema}")
+    spark.read.csv(files, header=True).write.format("delta").saveAsTable(source_table)
+    configs = tmp_path / "table_source"
+    configs.mkdir()
+    (configs / "erp.yaml").write_text(TABLE_SOURCE.format(table=source_table))
+    from_table = sample_object(configs, "erp-payments")
+    ingest(spark, project, writer, from_table, run_id="run-1")
+    if not recorded:
+        rewrite_as_an_earlier_version(spark, writer, from_table, "old-run")
+
+    switched = ingest(spark, project, writer, obj, run_id="run-2")
+    assert switched.reloaded and switched.files_read == len(files)
+    assert_each_source_row_once(spark, project, obj)
+    assert ingest(spark, project, writer, obj, run_id="run-3").files_read == 0
 
 
 # --------------------------------------------------------------------------- empty sources

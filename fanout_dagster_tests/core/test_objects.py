@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster._utils.schedules import is_valid_cron_string
 
 from fanout_dagster.core.objects import (
     MAX_IDENT_LEN,
@@ -413,7 +414,8 @@ def test_bad_field_is_reported_with_file_and_field(tmp_path, case, shape):
         # A valid object first: the bad one is item [1] of the list.
         write(tmp_path, "bad.yaml", [good_object("ok", "first"), bad])
         prefix = "[1]."
-    load = load_objects(tmp_path)
+    # Schedules as the Dagster side checks them (orchestration's ObjectConfigs).
+    load = load_objects(tmp_path, cron_check=is_valid_cron_string)
     errors = [e for e in load.errors if e.field == prefix + field]
     assert errors, f"no error on {prefix + field}: {[str(e) for e in load.errors]}"
     assert all(e.file == "bad.yaml" for e in load.errors)
@@ -795,7 +797,7 @@ def test_errors_in_defaults_name_defaults_and_hold_the_objects_back(tmp_path):
         "objects",
     }
     assert by_field["defaults.code"] == (
-        "unknown field (allowed: cluster, schedule, retries, source, target)"
+        "unknown field (allowed: cluster, schedule, retries, source, target, expectations)"
     )
     assert by_field["defaults.source.format"] == "unknown field (allowed: options, watch)"
     assert "2 object(s) not loaded until defaults are fixed" in by_field["objects"]
@@ -1075,3 +1077,20 @@ def test_the_source_hash_is_the_data_shape_of_the_schema(tmp_path):
     # Rows an earlier release loaded carry the hash with comments and NOT NULL in it.
     assert len(annotated.accepted_source_hashes) == 2
     assert plain.accepted_source_hashes == {plain.source_hash}
+
+
+def test_without_dagster_a_schedule_is_checked_for_its_shape_only(tmp_path):
+    # The Pipes remote side has no Dagster: the orchestrator checked the schedule
+    # with Dagster's own check; here only its shape is (5 fields, or a macro).
+    write(
+        tmp_path,
+        "a.yaml",
+        [good_object(schedule="0 25 * * *"), good_object("hr", "x", schedule="@daily")],
+    )
+    write(tmp_path / "b", "b.yaml", good_object("hr", "y", schedule="every day"))
+    assert load_objects(tmp_path / "b").errors[0].field == "schedule"
+    (tmp_path / "b" / "b.yaml").unlink()
+    load = load_objects(tmp_path)
+    assert load.errors == () and len(load.objects) == 2
+    checked = load_objects(tmp_path, cron_check=is_valid_cron_string)
+    assert [e.field for e in checked.errors] == ["[0].schedule"]

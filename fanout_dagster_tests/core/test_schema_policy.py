@@ -133,3 +133,89 @@ def test_an_explicit_schema_and_schema_hints_type_the_columns(spark, project, wr
     columns = dict(result.columns)
     assert columns[first_column] == "bigint" and columns["extra"] == "date"
     assert columns[header[1]] == "string"  # not hinted: as the reader infers it
+
+
+# --------------------------------------------------------------------------- names and exact fits
+
+
+def rescued(row) -> dict | None:
+    return None if row[RESCUED_COLUMN] is None else json.loads(row[RESCUED_COLUMN])
+
+
+def test_rescue_takes_names_with_dots_and_brackets_as_they_are(spark, project, writer):
+    """`note.x` is a column of its own, not field `x` of `note`; a type change on
+    `price.usd` is that column's, not `price`'s; nested names are whole too."""
+    first = "id INT, note STRING, `price.usd` INT, s STRUCT<`x.y`: INT>"
+    load(writer, rows(spark, first, [(1, "a", 10, (1,))]), "rescue")
+    later = rows(
+        spark,
+        "id INT, note STRING, `price.usd` STRING, s STRUCT<`x.y`: INT, `z.w`: STRING>, "
+        "`note.x` STRING, `a[0]` INT, `m{k}` INT",
+        [(2, "b", "12x", (2, "q"), "new", 7, 8), (3, "c", "30", None, None, None, None)],
+    )
+    load(writer, later, "rescue")
+    got = table_rows(spark, project)
+    assert [(r["id"], r["note"], r["price.usd"], r["s"]) for r in got] == [
+        (2, "b", None, (2,)),
+        (3, "c", 30, None),
+    ]
+    assert rescued(got[0]) == {
+        "price.usd": "12x",
+        "s": '{"x.y":2,"z.w":"q"}',
+        "note.x": "new",
+        "a[0]": "7",
+        "m{k}": "8",
+    }
+    assert rescued(got[1]) is None
+
+
+def test_a_type_change_names_a_dotted_column_as_spark_quotes_it(spark, project, writer):
+    load(writer, rows(spark, "id INT, `price.usd` INT", [(1, 10)]), "none")
+    with pytest.raises(LoadRejected, match=r"`price.usd` \(int -> string\)"):
+        load(writer, rows(spark, "id INT, `price.usd` STRING", [(2, "x")]), "none")
+
+
+def test_rescue_keeps_values_that_do_not_fit_exactly(spark, project, writer):
+    """A value cast with loss (2.5 into an int, rounded decimals, a time dropped
+    from a date) goes to `_rescued_data`; a value that fits exactly does not."""
+    ddl = "id INT, qty INT, price DECIMAL(10,2), day DATE, code DECIMAL(10,2), on DATE"
+    load(writer, spark.createDataFrame([], ddl), "rescue", allow_empty=True)
+    later = spark.sql(
+        """SELECT * FROM VALUES
+             (1, 2.5D, 1.2345BD, TIMESTAMP'2026-03-01 10:30:00', '1.234', '2026-03-01 10:30'),
+             (2, 3.0D, 1.5000BD, TIMESTAMP'2026-03-02 00:00:00', '1.2', '2026-03-02')
+           AS v(id, qty, price, day, code, on)"""
+    )
+    load(writer, later, "rescue")
+    got = table_rows(spark, project)
+    assert [(r["qty"], str(r["price"]), str(r["day"])) for r in got] == [
+        (2, "1.23", "2026-03-01"),
+        (3, "1.50", "2026-03-02"),
+    ]
+    assert rescued(got[0]) == {
+        "qty": "2.5",
+        "price": "1.2345",
+        "day": "2026-03-01T10:30:00.000Z",
+        "code": "1.234",
+        "on": "2026-03-01 10:30",
+    }
+    assert rescued(got[1]) is None
+
+
+@pytest.mark.parametrize("mode", ["none", "addNewColumns", "failOnNewColumns", "rescue"])
+def test_a_column_renamed_only_by_case_is_the_same_column(spark, project, writer, mode):
+    """Spark and Delta resolve names case-insensitively: `ID` is `id`."""
+    load(writer, rows(spark, "id INT, s STRUCT<a: INT>", [(1, (10,))]), mode)
+    load(writer, rows(spark, "ID INT, s STRUCT<A: INT>", [(2, (20,))]), mode)
+    table = spark.table(project.table("t"))
+    assert table.columns[:2] == ["id", "s"]
+    assert [(r.id, r.s.a) for r in table.collect()] == [(2, 20)]
+    if mode == "rescue":
+        assert table.first()[RESCUED_COLUMN] is None
+
+
+def test_source_columns_that_differ_only_by_case_are_refused_naming_them(spark, project, writer):
+    load(writer, rows(spark, "id INT", [(1,)]), "addNewColumns")
+    with pytest.raises(LoadRejected, match="differ only by case: id, ID"):
+        load(writer, rows(spark, "id INT, ID INT", [(2, 3)]), "addNewColumns")
+    assert version(spark, project) == 0

@@ -4,6 +4,7 @@ process killed in the middle of its write."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -94,17 +95,19 @@ def test_a_write_that_would_leave_the_table_empty_is_refused(spark, project, wri
     assert not spark.catalog.tableExists(project.table("t"))
 
 
-def test_the_files_a_table_holds_are_read_back_from_its_rows(spark, project, writer):
+def test_the_files_a_table_holds_are_recorded_in_its_commit(spark, project, writer):
     obj = sample_object(project.configs, "erp-payments")
-    ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r")
+    result = ingest_object(spark, obj, data_root=str(project.data), writer=writer, run_id="r")
     held = writer.ingested_files("erp_payments")
     files = sorted((project.data / "erp" / "payments").glob("*.csv"))
-    assert len(held) == len(files)
-    states = {
-        FileState(f.stat().st_size, f.stat().st_mtime_ns // 1_000_000, obj.source_hash)
-        for f in files
-    }
-    assert set(held.values()) == states
+    assert held.source_hashes == {obj.source_hash} and len(held.files) == len(files)
+    states = {FileState(f.stat().st_size, f.stat().st_mtime_ns // 1_000_000) for f in files}
+    assert set(held.files.values()) == states
+    # ... in the commit that wrote the rows, beside the run and the object.
+    [commit] = spark.sql(f"DESCRIBE HISTORY {result.table}").collect()
+    tag = json.loads(commit.userMetadata)
+    assert (tag["dagster_run_id"], tag["partition_key"]) == ("r", obj.key)
+    assert tag["source_hash"] == obj.source_hash and len(tag["source_files"]) == len(files)
 
 
 def test_concurrent_loads_of_a_pack_into_their_own_tables_all_land(spark, project, writer):
@@ -143,7 +146,7 @@ def test_audit_columns_end_every_table(spark, project, writer):
 KILLED_WRITER = """
 import sys, time
 from pyspark.sql import functions as F
-from fanout_dagster import ingest
+from fanout_dagster.core import ingest
 from fanout_dagster.core.objects import load_objects
 from fanout_dagster.orchestration.resources.spark import LocalSparkResource
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables

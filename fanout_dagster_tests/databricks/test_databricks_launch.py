@@ -16,11 +16,8 @@ import pytest
 from dagster import DagsterRun, InitResourceContext, SensorResult, build_sensor_context
 
 from fanout_dagster.core.objects import load_objects
-from fanout_dagster.databricks.step_launcher import (
-    code_bundle,
-    databricks_target_resources,
-    remote_env,
-)
+from fanout_dagster.databricks.submission import code_bundle, remote_env
+from fanout_dagster.databricks.target import databricks_target_resources
 from fanout_dagster.orchestration.sensor import build_object_sensor
 from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster.settings import Settings
@@ -170,13 +167,9 @@ def clusters_file(tmp_path: Path, text: str = CLUSTERS_YAML) -> str:
 
 
 def submission_for(cluster: str, tmp_path: Path, **settings_overrides):
+    from fanout_dagster.databricks.clusters import cluster_for_run, load_cluster_definitions
     from fanout_dagster.databricks.pipes import Submission
-    from fanout_dagster.databricks.step_launcher import (
-        cluster_for_run,
-        databricks_run_name,
-        idempotency_token,
-        load_cluster_definitions,
-    )
+    from fanout_dagster.databricks.submission import databricks_run_name, idempotency_token
 
     clusters = load_cluster_definitions(clusters_file(tmp_path))
     settings = Settings(**PIPES, **settings_overrides)
@@ -363,3 +356,70 @@ def test_serverless_on_a_workspace_without_it_fails_the_run_naming_the_cluster(
     assert "clusters.quick.serverless" in error and "FANOUT_CLUSTERS_FILE" in error, error
     assert "no serverless compute" in error
     assert staged == []  # the code it had staged is gone
+
+
+# --------------------------------------------------------------------------- the Pipes remote side
+
+
+REMOTE_LOAD = """
+import json, sys
+from fanout_dagster.core import objects
+loaded = objects.load_objects(sys.argv[1])
+print(json.dumps({"keys": sorted(loaded.by_key()), "errors": [str(e) for e in loaded.errors],
+                  "dagster": "dagster" in sys.modules, "from": objects.__file__}))
+"""
+
+
+def load_where_pipes_runs(tmp_path: Path, configs: Path) -> dict[str, Any]:
+    """Load a configs folder as the Pipes remote side does: the bundle's package on an
+    interpreter with the standard library, pyspark and what each run installs (dagster-pipes,
+    pydantic, pyyaml: built as the emulator builds a task's libraries), no Dagster."""
+    import json
+
+    from databricks_emulator.task_libraries import SiteFolders
+
+    site, notes = SiteFolders(tmp_path / "site").for_task(
+        ["dagster-pipes", "pydantic>=2,<3", "pyyaml"]
+    )
+    assert not notes, notes
+    bundle = Path(code_bundle(str(configs)))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-S", "-s", "-c", REMOTE_LOAD, str(bundle / "configs")],
+            env={"PYTHONPATH": os.pathsep.join([str(bundle), str(site)]), "PATH": os.defpath},
+            cwd=tmp_path,  # not the repository: its package must not shadow the bundle's
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(bundle)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert loaded.pop("from").startswith(str(bundle)), done.stdout
+    return loaded
+
+
+def test_objects_with_a_schedule_load_on_the_pipes_remote_side_which_has_no_dagster(tmp_path):
+    """Issue 20.1: the cron check imported Dagster, so on the compute (dagster-pipes,
+    pydantic, pyyaml only) any object with a `schedule` crashed the remote side of every
+    run. There the schedule is not checked again; here Dagster's own check still refuses a
+    bad one, naming file and field."""
+    import yaml
+
+    configs = tmp_path / "configs"
+    shutil.copytree(SAMPLE_CONFIGS, configs)
+    path = configs / "erp.yaml"
+    document = yaml.safe_load(path.read_text())
+    entries = document["objects"] if isinstance(document, dict) else document
+    entries[0]["schedule"] = "0 6 * * *"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    expected = sorted(load_objects(configs).by_key())
+
+    remote = load_where_pipes_runs(tmp_path, configs)
+    assert remote == {"keys": expected, "errors": [], "dagster": False}
+
+    entries[0]["schedule"] = "0 6 31 2 *"  # Dagster refuses the 31st of February
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    [error] = load_objects(configs).errors
+    assert "erp.yaml" in str(error) and "schedule" in str(error), error

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from dagster import DagsterRun, InitResourceContext
 
-from fanout_dagster.databricks.step_launcher import (
-    IdempotentStepLauncher,
-    databricks_target_resources,
-)
+from fanout_dagster.databricks.step_launcher import IdempotentStepLauncher
+from fanout_dagster.databricks.target import databricks_target_resources
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster.settings import Settings

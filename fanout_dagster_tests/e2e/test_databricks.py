@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,21 @@ from fanout_dagster_tests.helpers import (
 
 pytestmark = pytest.mark.slow
 
+LAUNCH_MODE = "FANOUT_DATABRICKS_LAUNCH"
+
 BRONZE = AssetKey("bronze")
 
 
 UC_SCHEMA = "main.bronze"
 LANDING_VOLUME = "main.raw.landing"  # sources, when the data root is a volume
 OPS_VOLUME = "main.ops.fanout"  # the Pipes mode's staging
+# The step launcher's cluster needs Dagster's libraries and this package's own dependencies
+# (the emulator's clusters have pyspark only, as a runtime without them would): attached to
+# each run, as docs/databricks.md says.
+STEP_LAUNCHER_LIBRARIES = {
+    "FANOUT_INSTALL_DEFAULT_LIBRARIES": "1",
+    "FANOUT_CLUSTER_LIBRARIES": f"pydantic-settings=={version('pydantic-settings')}",
+}
 
 
 @contextmanager
@@ -95,6 +105,7 @@ def databricks_deployment(
             "DATABRICKS_HOST": emu.host,
             "DATABRICKS_TOKEN": emu.token,
             "TMPDIR": str(run_tmp),
+            **(STEP_LAUNCHER_LIBRARIES if (env or {}).get(LAUNCH_MODE) != "pipes" else {}),
             **(env or {}),
         }
         with (

@@ -80,6 +80,7 @@ BROKEN = "erp-customers"
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.duration(120)
 def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
     project, tmp_path, dagster_storage, deployment
 ):

@@ -127,6 +127,7 @@ OVERLAP_KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.duration(100)
 def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_for_them(
     project, tmp_path, dagster_storage, deployment
 ):

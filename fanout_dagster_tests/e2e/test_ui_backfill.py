@@ -104,6 +104,7 @@ ARTIFACT_NAMES = [
 
 
 @pytest.mark.timeout(2400)
+@pytest.mark.duration(240)
 def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp_path):
     chromium_path()  # skip (or fail under FANOUT_REQUIRE_BROWSER=1) before starting anything
     from playwright.sync_api import expect, sync_playwright

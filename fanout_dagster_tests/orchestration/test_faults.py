@@ -55,6 +55,7 @@ def step_failure_messages(instance, run_id: str) -> list[str]:
 # --------------------------------------------------------------------------- 1. write fails half way
 
 
+@pytest.mark.duration(100)
 def test_a_spark_write_that_fails_half_way_keeps_the_previous_load_and_a_retry_heals(
     classic_spark, classic_spark_resource, project, dagster_storage
 ):

@@ -25,7 +25,7 @@ from dagster import (
 from dagster._core.events import StepMaterializationData
 
 from bench.data import write_scale_configs
-from fanout_dagster.core.objects import load_objects
+from fanout_dagster.core.objects import load_objects, parse_cache_stats
 from fanout_dagster.orchestration.bronze import build_bronze_asset
 from fanout_dagster.orchestration.locks import registered_locks
 from fanout_dagster.orchestration.object_state import KV_PREFIX, delete_kv, set_kv
@@ -37,7 +37,7 @@ from fanout_dagster_tests.orchestration.test_refresh import VolumeProject
 from fanout_dagster_tests.orchestration.test_sensor import partitions, tick
 from fanout_dagster_tests.postgres import STORAGES, storage_overrides
 from fanout_dagster_tests.sensor_daemon import sensor_daemon
-from fanout_dagster_tests.test_run_queue import repo_queue
+from fanout_dagster_tests.single_host.test_run_coordinator import repo_queue
 
 BRONZE = AssetKey("bronze")
 
@@ -69,6 +69,7 @@ def test_state_lives_in_the_key_value_store_and_the_cursor_stays_small(instance,
     assert kv_entries(instance, objects) == entries
 
 
+@pytest.mark.duration(100)
 def test_ten_thousand_objects_steady_ticks_write_nothing_and_prune_in_one_line(instance, tmp_path):
     configs, data = write_scale_configs(tmp_path / "scale", 10_000, 100)
     # Files older than the parse cache's settle window, so that it keeps them.
@@ -82,16 +83,20 @@ def test_ten_thousand_objects_steady_ticks_write_nothing_and_prune_in_one_line(i
     assert len(first.run_requests) == 100  # every object requested, 100 a run
     assert len(first.cursor) < 10_000, len(first.cursor)
 
+    before = parse_cache_stats()
     started = time.perf_counter()
     steady = tick(instance, project, cursor=first.cursor, sensor=sensor)
     elapsed = time.perf_counter() - started
+    after = parse_cache_stats()
     assert steady.skipped
     assert "10000 object(s) up to date" in steady.skip_message
     assert len(steady.cursor) < 10_000
     keys = partitions(instance)
     assert {entry["t"] for entry in kv_entries(instance, keys).values()} == {1}  # untouched
     print(f"\nsteady tick over 10,000 configs: {elapsed:.2f} s; cursor {steady.cursor!r}")
-    assert elapsed < 10  # the benchmark measures it on a quiet machine (bench/scale.py)
+    # What keeps a steady tick cheap: no config file parsed again (the time itself
+    # is the benchmark's, measured on a quiet machine: bench/scale.py).
+    assert after.misses == before.misses and after.hits > before.hits
 
     # A file of 100 objects removed: one line, and their entries pruned.
     (configs / "system_007.yaml").unlink()

@@ -9,17 +9,29 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from fanout_dagster.core.ddl import DdlError, parse_ddl
 from fanout_dagster.core.objects.errors import fail, type_name
+from fanout_dagster.core.objects.expressions import expression_problem
 
 SOURCE_FORMATS = ("csv", "json", "parquet")
 WRITE_MODES = ("overwrite", "append")
 # Databricks Auto Loader's cloudFiles.schemaEvolutionMode values.
 SCHEMA_EVOLUTION_MODES = ("addNewColumns", "failOnNewColumns", "rescue", "none")
 ON_EMPTY_MODES = ("fail", "allow")
+# What a row that breaks an expectation does (Lakeflow's expect, expect_or_drop,
+# expect_or_fail, and SDP-META's quarantine).
+EXPECTATION_ACTIONS = ("warn", "drop", "fail", "quarantine")
+# The quarantine table of bronze table `t` is `t_quarantine`, in the same schema.
+QUARANTINE_SUFFIX = "_quarantine"
 DEFAULT_CLUSTER = "default"
 TABLE_SOURCE_FORMAT: Literal["table"] = "table"  # SourceSpec.format of a source.table object
 
@@ -38,11 +50,13 @@ MAX_IDENT_LEN = 40
 MAX_TABLE_LEN = 128
 MAX_SOURCE_TABLE_LEN = 3 * 255 + 2
 MAX_RETRIES = 10
+MAX_EXPECTATION_NAME_LEN = 64
 
 SourceFormat = Literal["csv", "json", "parquet", "table"]
 WriteMode = Literal["overwrite", "append"]
 SchemaEvolutionMode = Literal["addNewColumns", "failOnNewColumns", "rescue", "none"]
 OnEmpty = Literal["fail", "allow"]
+ExpectationAction = Literal["warn", "drop", "fail", "quarantine"]
 OptionValue = str | int | float | bool
 
 
@@ -82,6 +96,25 @@ def _target_table(value: str) -> str:
             f"{value!r} is not a plain table name: use lower-case letters, digits and '_', "
             "starting with a letter (no dots, quotes, spaces or SQL)"
         )
+    return value
+
+
+def _expectation_name(value: str) -> str:
+    # The name is also the Dagster asset check's name.
+    if len(value) > MAX_EXPECTATION_NAME_LEN:
+        fail(f"is {len(value)} characters long; at most {MAX_EXPECTATION_NAME_LEN} allowed")
+    if not IDENT_RE.fullmatch(value):
+        fail(
+            f"{value!r} is not a safe name: use lower-case letters, digits and '_' "
+            "(it names the expectation's Dagster asset check)"
+        )
+    return value
+
+
+def _sql_expression(value: str) -> str:
+    problem = expression_problem(value)
+    if problem:
+        fail(problem)
     return value
 
 
@@ -158,18 +191,20 @@ def _ddl_problem(value: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=1024)
-def _valid_cron(value: str) -> bool:
-    # Dagster's own check, so what validates here is what its schedules accept.
-    from dagster._utils.schedules import is_valid_cron_string
+# A cron check beyond the shape below is the caller's (validation context
+# `cron_check`): the Dagster side passes Dagster's own (orchestration/resources/
+# object_configs.py), so what validates is what its schedules accept; the
+# Pipes remote side has no Dagster and never schedules, and checks the shape only.
+CronCheck = Callable[[str], bool]
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
-    return is_valid_cron_string(value)
 
-
-def _cron(value: str) -> str:
+def _cron(value: str, info: ValidationInfo) -> str:
     if value != value.strip():
         fail(f"{value!r} must not start or end with spaces or line breaks")
-    if not _valid_cron(value):
+    check: CronCheck | None = (info.context or {}).get("cron_check")
+    shaped = value in _CRON_MACROS or len(value.split()) == 5
+    if not shaped or (check is not None and not check(value)):
         fail(
             f"{value!r} is not a valid cron schedule (5 fields: minute hour "
             "day-of-month month day-of-week, in UTC; e.g. '0 6 * * *')"
@@ -267,6 +302,20 @@ SourcePath = Annotated[
         }
     ),
 ]
+ExpectationName = Annotated[
+    str,
+    AfterValidator(_expectation_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{IDENT_RE.pattern}$",
+            "maxLength": MAX_EXPECTATION_NAME_LEN,
+        }
+    ),
+]
+SqlExpression = Annotated[
+    str, AfterValidator(_sql_expression), WithJsonSchema({"type": "string", "minLength": 1})
+]
 Ddl = Annotated[str, AfterValidator(_ddl)]
 Cron = Annotated[str, AfterValidator(_cron)]
 Retries = Annotated[
@@ -308,3 +357,8 @@ SchemaEvolutionModeField = Annotated[
     _enum(SCHEMA_EVOLUTION_MODES),
 ]
 OnEmptyField = Annotated[OnEmpty, BeforeValidator(_one_of(ON_EMPTY_MODES)), _enum(ON_EMPTY_MODES)]
+ExpectationActionField = Annotated[
+    ExpectationAction,
+    BeforeValidator(_one_of(EXPECTATION_ACTIONS)),
+    _enum(EXPECTATION_ACTIONS),
+]

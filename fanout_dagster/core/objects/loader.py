@@ -20,11 +20,13 @@ from pydantic import ValidationError
 
 from fanout_dagster.core.objects.errors import (
     ConfigError,
+    Loc,
     format_loc,
     translate,
     type_name,
     unknown_field,
 )
+from fanout_dagster.core.objects.fields import CronCheck
 from fanout_dagster.core.objects.model import Defaults, DefaultsFile, ObjectConfig
 from fanout_dagster.core.objects.yaml_reader import RepeatedKey, load_yaml, repeated_keys
 
@@ -73,7 +75,10 @@ class ParseCacheStats(NamedTuple):
 # one file at once, harmlessly).
 _CACHE_MAX_FILES = 50_000
 _SETTLE_NS = 2_000_000_000
-_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int, int], _ParsedFile]] = OrderedDict()
+# (Keyed by the cron check too: a file checked without it is not valid with it.)
+_cache: OrderedDict[tuple[str, str, CronCheck | None], tuple[tuple[int, int, int], _ParsedFile]] = (
+    OrderedDict()
+)
 _cache_lock = threading.Lock()
 _cache_counts = {"hits": 0, "misses": 0}
 
@@ -90,11 +95,15 @@ def clear_parse_cache() -> None:
 
 
 def load_objects(
-    configs_dir: str | Path, known_clusters: Collection[str] | None = None
+    configs_dir: str | Path,
+    known_clusters: Collection[str] | None = None,
+    cron_check: CronCheck | None = None,
 ) -> ConfigsLoad:
     """Read every *.yaml / *.yml file under configs_dir (sorted, recursive).
 
     With known_clusters, an object whose cluster is not among them is an error.
+    With cron_check, a `schedule` must pass it too (beyond its shape): the
+    Dagster side passes Dagster's own check.
     """
     root = Path(configs_dir)
     if not root.is_dir():
@@ -102,7 +111,7 @@ def load_objects(
     candidates: list[ObjectConfig] = []
     errors: list[ConfigError] = []
     for path, name in _config_files(root):
-        parsed = _parse_cached(path, name)
+        parsed = _parse_cached(path, name, cron_check)
         errors.extend(parsed.errors)
         for prefix, obj in parsed.objects:
             if known_clusters is not None and obj.cluster not in known_clusters:
@@ -144,20 +153,21 @@ def _config_files(root: Path) -> list[tuple[str, str]]:
     return [(path, "/".join(parts)) for parts, path in found]
 
 
-def _parse_cached(path: str, name: str) -> _ParsedFile:
+def _parse_cached(path: str, name: str, cron_check: CronCheck | None) -> _ParsedFile:
     try:
         stat = os.stat(path)
     except OSError:
-        return _parse_file(Path(path), name)  # gone meanwhile: report it, cache nothing
+        # Gone meanwhile: report it, cache nothing.
+        return _parse_file(Path(path), name, cron_check)
     now = time.time_ns()
-    key, stamp = (path, name), (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    key, stamp = (path, name, cron_check), (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None and cached[0] == stamp:
             _cache.move_to_end(key)
             _cache_counts["hits"] += 1
             return cached[1]
-    parsed = _parse_file(Path(path), name)
+    parsed = _parse_file(Path(path), name, cron_check)
     with _cache_lock:
         _cache_counts["misses"] += 1
         if now - stat.st_mtime_ns >= _SETTLE_NS:
@@ -171,14 +181,14 @@ def _parse_cached(path: str, name: str) -> _ParsedFile:
 
 
 def parse_config_file(
-    path: Path, display_name: str | None = None
+    path: Path, display_name: str | None = None, cron_check: CronCheck | None = None
 ) -> tuple[list[ObjectConfig], list[ConfigError]]:
     """Parse one file. A file with any invalid object contributes only its valid ones."""
-    parsed = _parse_file(path, display_name or path.name)
+    parsed = _parse_file(path, display_name or path.name, cron_check)
     return [obj for _, obj in parsed.objects], list(parsed.errors)
 
 
-def _parse_file(path: Path, name: str) -> _ParsedFile:
+def _parse_file(path: Path, name: str, cron_check: CronCheck | None) -> _ParsedFile:
     try:
         document = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -188,13 +198,14 @@ def _parse_file(path: Path, name: str) -> _ParsedFile:
         return _ParsedFile((), (ConfigError(name, where, f"malformed YAML: {problem}"),))
     except (OSError, UnicodeDecodeError) as exc:
         return _ParsedFile((), (ConfigError(name, "", f"cannot read file: {exc}"),))
-    return _parse_document(document, name)
+    return _parse_document(document, name, cron_check)
 
 
-def _parse_document(document: Any, name: str) -> _ParsedFile:
+def _parse_document(document: Any, name: str, cron_check: CronCheck | None) -> _ParsedFile:
     def only(field: str, message: str) -> _ParsedFile:
         return _ParsedFile((), (ConfigError(name, field, message),))
 
+    context = {"cron_check": cron_check}
     errors: list[ConfigError] = []
     defaults: dict[str, Any] = {}
     if document is None:
@@ -210,7 +221,7 @@ def _parse_document(document: Any, name: str) -> _ParsedFile:
         raw_defaults = document.get("defaults")
         if raw_defaults is not None and defaults_ok:
             try:
-                validated = Defaults.model_validate(raw_defaults)
+                validated = Defaults.model_validate(raw_defaults, context=context)
                 defaults = validated.model_dump(exclude_none=True)
             except ValidationError as exc:
                 defaults_ok = False
@@ -267,10 +278,11 @@ def _parse_document(document: Any, name: str) -> _ParsedFile:
             continue
         data = _with_defaults(defaults, entry) if defaults else entry
         try:
-            obj = ObjectConfig.model_validate(data, context={"config_file": name})
+            obj = ObjectConfig.model_validate(data, context={**context, "config_file": name})
         except ValidationError as exc:
+            inherited = _inherited_expectations(defaults, entry)
             errors.extend(
-                ConfigError(name, format_loc(prefix, loc), message)
+                _object_error(name, prefix, loc, message, inherited)
                 for loc, message in translate(exc.errors(), ObjectConfig)
             )
             continue
@@ -295,7 +307,39 @@ def _with_defaults(defaults: Mapping[str, Any], entry: Mapping[Any, Any]) -> dic
     source = entry.get("source")
     if isinstance(source, Mapping) and source.get("table") is not None:
         defaults = {key: value for key, value in defaults.items() if key != "source"}
-    return _deep_merge(defaults, entry)
+    merged = _deep_merge(defaults, entry)
+    if "expectations" in defaults:
+        own = entry.get("expectations")
+        own = own if isinstance(own, list) else []
+        inherited = _inherited_expectations(defaults, entry)
+        merged["expectations"] = own + [defaults["expectations"][i] for i in inherited.values()]
+    return merged
+
+
+def _inherited_expectations(
+    defaults: Mapping[str, Any], entry: Mapping[Any, Any]
+) -> dict[int, int]:
+    """The file's expectations an object takes: those whose name it does not give
+    itself, after its own (so its own keep their indexes in messages), as
+    {index in the object's expectations: index in the defaults'}."""
+    own = entry.get("expectations")
+    if "expectations" not in defaults or (own is not None and not isinstance(own, list)):
+        return {}
+    own = own or []
+    names = {item.get("name") for item in own if isinstance(item, Mapping)}
+    kept = [i for i, item in enumerate(defaults["expectations"]) if item["name"] not in names]
+    return {len(own) + n: i for n, i in enumerate(kept)}
+
+
+def _object_error(
+    name: str, prefix: str, loc: Loc, message: str, inherited: Mapping[int, int]
+) -> ConfigError:
+    """An object's error, placed on the file's defaults when it is about an
+    expectation the object took from them."""
+    if len(loc) > 1 and loc[0] == "expectations" and loc[1] in inherited:
+        where = format_loc("defaults", ("expectations", inherited[int(loc[1])], *loc[2:]))
+        return ConfigError(name, where, f"{message} (in {prefix or 'the object'})")
+    return ConfigError(name, format_loc(prefix, loc), message)
 
 
 def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, Any]:
@@ -312,21 +356,23 @@ def _deep_merge(base: Mapping[Any, Any], over: Mapping[Any, Any]) -> dict[Any, A
 def _reject_duplicates(
     candidates: list[ObjectConfig],
 ) -> tuple[list[ObjectConfig], list[ConfigError]]:
-    """Partition keys and target tables must be unique across all files.
+    """Partition keys and tables (bronze and quarantine) must be unique across all files.
 
     Every object in a clash is rejected (not just the second one), because
     which file "wins" would otherwise depend on file-name order.
     """
     errors: list[ConfigError] = []
     rejected: set[int] = set()
-    attributes: tuple[tuple[Callable[[ObjectConfig], str], str], ...] = (
-        (lambda o: o.key, "partition key"),
-        (lambda o: o.target.table, "table"),
+    # The tables an object writes: its bronze table, and its quarantine table.
+    attributes: tuple[tuple[Callable[[ObjectConfig], list[str]], str], ...] = (
+        (lambda o: [o.key], "partition key"),
+        (lambda o: [o.target.table, *filter(None, [o.quarantine_table])], "table"),
     )
     for attr, label in attributes:
         seen: dict[str, list[int]] = {}
         for index, obj in enumerate(candidates):
-            seen.setdefault(attr(obj), []).append(index)
+            for value in attr(obj):
+                seen.setdefault(value, []).append(index)
         for value, indexes in seen.items():
             if len(indexes) < 2:
                 continue

@@ -23,17 +23,22 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from fanout_dagster.core.ddl import parse_ddl, to_ddl
+from fanout_dagster.core.ddl import DdlError, parse_ddl, to_ddl
 from fanout_dagster.core.objects.errors import Loc, unknown_field, validate_reporting
+from fanout_dagster.core.objects.expressions import AUDIT_COLUMNS, RESCUED_COLUMN, unknown_columns
 from fanout_dagster.core.objects.fields import (
     DEFAULT_CLUSTER,
+    EXPECTATION_ACTIONS,
     MAX_IDENT_LEN,
     MAX_RETRIES,
     MAX_TABLE_LEN,
+    QUARANTINE_SUFFIX,
     SOURCE_FORMATS,
     TABLE_SOURCE_FORMAT,
     Cron,
     Ddl,
+    ExpectationActionField,
+    ExpectationName,
     Identifier,
     OnEmptyField,
     Options,
@@ -43,6 +48,7 @@ from fanout_dagster.core.objects.fields import (
     SourceFormatField,
     SourcePath,
     SourceTable,
+    SqlExpression,
     TargetTable,
     WriteModeField,
 )
@@ -243,6 +249,27 @@ class TargetSpec(_Model):
     )
 
 
+class Expectation(_Model):
+    """A data-quality rule every row of a load is checked against (Lakeflow's expectations)."""
+
+    name: ExpectationName = Field(
+        description="Names the rule, unique within the object; also the name of its Dagster "
+        "asset check on bronze: lower-case letters, digits and '_'."
+    )
+    expression: SqlExpression = Field(
+        description="A Spark SQL condition over the row, e.g. 'amount >= 0' or "
+        "\"email RLIKE '^[^@]+@[^@]+$'\". A row passes only when it is true (false and "
+        "null break the rule). Columns are the load's columns and the audit columns."
+    )
+    action: ExpectationActionField = Field(
+        "warn",
+        description="What a row that breaks the rule does. warn: it is loaded and counted. "
+        "drop: it is left out and counted. fail: the object's load fails and commits "
+        "nothing. quarantine: it goes to the table <target.table>_quarantine instead, "
+        "with the names of the rules it broke.",
+    )
+
+
 def _object_json_schema(schema: dict[str, Any]) -> None:
     schema["properties"].pop("config_file", None)
 
@@ -275,6 +302,11 @@ class ObjectConfig(_Model):
         None,
         description=f"Dagster run retries for this object's runs, 0 to {MAX_RETRIES}. "
         "Default: the deployment's.",
+    )
+    expectations: list[Expectation] = Field(
+        default_factory=list,
+        description="Data-quality rules each row is checked against while it loads, each "
+        "one a Dagster asset check on bronze (" + ", ".join(EXPECTATION_ACTIONS) + ").",
     )
     # Where the object was declared (for messages); set by the loader, not by files.
     config_file: SkipJsonSchema[str] = Field("", description="The file it was declared in.")
@@ -318,7 +350,15 @@ class ObjectConfig(_Model):
                 problems.append(
                     (("target", "mode"), "append ingests files; a table source is overwritten")
                 )
+            problems += _expectation_problems(data.get("expectations"), source, target)
         return validate_reporting(cls, data, handler, problems)
+
+    @property
+    def quarantine_table(self) -> str | None:
+        """The table rows of `quarantine` expectations go to (None: the object has none)."""
+        if any(e.action == "quarantine" for e in self.expectations):
+            return self.target.table + QUARANTINE_SUFFIX
+        return None
 
     @property
     def key(self) -> str:
@@ -361,6 +401,11 @@ class ObjectConfig(_Model):
             payload["schedule"] = self.schedule
         if self.retries is not None:
             payload["retries"] = self.retries
+        if self.expectations:
+            # Their order changes nothing a load does.
+            payload["expectations"] = sorted(
+                (e.model_dump() for e in self.expectations), key=lambda e: e["name"]
+            )
         return _content_hash(payload)
 
     @property
@@ -390,6 +435,66 @@ class ObjectConfig(_Model):
                 "table": source.table,
             }
         )
+
+
+def _expectation_problems(expectations: Any, source: Any, target: Any) -> list[tuple[Loc, str]]:
+    """Names unique; the quarantine table's name not too long; with an explicit
+    schema, every column an expression names is one the load has."""
+    if not isinstance(expectations, list):
+        return []
+    problems: list[tuple[Loc, str]] = []
+    first_of: dict[Any, int] = {}
+    known = _known_columns(source, target)
+    for index, expectation in enumerate(expectations):
+        name = _field_of(expectation, "name")
+        if isinstance(name, str) and name in first_of:
+            problems.append(
+                (
+                    ("expectations", index, "name"),
+                    f"{name!r} is declared twice (also expectations[{first_of[name]}])",
+                )
+            )
+        first_of.setdefault(name, index)
+        expression = _field_of(expectation, "expression")
+        if known is not None and isinstance(expression, str):
+            declared, every = known
+            unknown = unknown_columns(expression, every)
+            if unknown:
+                problems.append(
+                    (
+                        ("expectations", index, "expression"),
+                        f"{expression!r} names column(s) {', '.join(unknown)} that the load "
+                        f"cannot have: source.schema has {', '.join(declared)}; the audit "
+                        f"columns are {', '.join(AUDIT_COLUMNS)}",
+                    )
+                )
+    quarantines = any(_field_of(e, "action") == "quarantine" for e in expectations)
+    table = _field_of(target, "table")
+    if quarantines and isinstance(table, str) and len(table + QUARANTINE_SUFFIX) > MAX_TABLE_LEN:
+        problems.append(
+            (
+                ("target", "table"),
+                f"is too long for a quarantine table beside it ({table}{QUARANTINE_SUFFIX}, "
+                f"at most {MAX_TABLE_LEN} characters)",
+            )
+        )
+    return problems
+
+
+def _known_columns(source: Any, target: Any) -> tuple[list[str], set[str]] | None:
+    """(the schema's columns, every column a load has) when they are known (an
+    explicit schema that parses), else None."""
+    schema = _field_of(source, "schema")
+    if not isinstance(schema, str) or _field_of(source, "table") is not None:
+        return None
+    try:
+        declared = [column.name for column in parse_ddl(schema)]
+    except DdlError:
+        return None  # reported on source.schema
+    every = {*declared, *AUDIT_COLUMNS}
+    if _field_of(target, "schema_evolution_mode") == "rescue":
+        every.add(RESCUED_COLUMN)
+    return declared, every
 
 
 def _default_evolution(source: Any) -> SchemaEvolutionMode:
@@ -448,6 +553,11 @@ class Defaults(_Model):
     retries: Retries | None = Field(None, description="Default for retries.")
     source: SourceDefaults | None = Field(None, description="Defaults for file sources.")
     target: TargetDefaults | None = Field(None, description="Defaults for targets.")
+    expectations: list[Expectation] | None = Field(
+        None,
+        description="Expectations of every object of the file; an object's own expectation "
+        "of the same name replaces one of these, its others are added.",
+    )
 
 
 class DefaultsFile(_Model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dagster import ConfigurableResource
+from dagster._utils.schedules import is_valid_cron_string
 
 from fanout_dagster.core.objects import ConfigsLoad, ObjectConfig, load_objects
 from fanout_dagster.settings import Settings, project_path
@@ -37,7 +38,11 @@ class ObjectConfigs(ConfigurableResource):
         return project_path(self.data_root)
 
     def load(self) -> ConfigsLoad:
-        return load_objects(self.configs_path, known_clusters=self.known_clusters)
+        # Schedules checked by Dagster's own cron check: what validates here is
+        # what its schedules accept.
+        return load_objects(
+            self.configs_path, known_clusters=self.known_clusters, cron_check=is_valid_cron_string
+        )
 
     def lookup(self, keys: Sequence[str]) -> tuple[list[ObjectConfig], list[str]]:
         """The valid configs for these keys, and the keys that have none."""

@@ -14,8 +14,8 @@ from dagster import ConfigurableResource, InitResourceContext
 from delta import configure_spark_with_delta_pip
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
-from pyspark.sql.connect.client.retries import DefaultPolicy
 
+from fanout_dagster.core.connect_sessions import quick_retries, run_session_id, session_url
 from fanout_dagster.local_spark.catalog import register_tables, spark_conf
 from fanout_dagster.local_spark.connect_server import SparkServerError, port_in_use
 
@@ -65,16 +65,22 @@ class SparkConnectResource(SparkResource):
 
     The server is warm: no JVM starts with the run. Each run's session is
     isolated from other runs' (temp views, confs) and released when the run
-    ends, so the server does not grow with the runs it has served.
+    ends, so the server does not grow with the runs it has served. Its id is
+    derived from the run's (connect_sessions.py): when the run's worker dies,
+    the health check finds the session and stops what it left running.
     """
 
     host: str = "127.0.0.1"
     port: int = 15002
     _session: SparkSession | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
 
     @property
     def url(self) -> str:
         return f"sc://{self.host}:{self.port}"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._run_id = context.run_id
 
     def get_session(self) -> SparkSession:
         if self._session is None:
@@ -83,17 +89,12 @@ class SparkConnectResource(SparkResource):
                     f"the local Spark Connect server at {self.url} is not running: start it with "
                     "`make dev` (or `make spark-server`), or set FANOUT_SPARK=embedded"
                 )
-            session = SparkSession.builder.remote(self.url).create()
-            # pyspark's default retries ride out ten minutes of an unreachable
-            # server, per call; a local server that is gone is gone: give up
-            # after ~15 s, so the run fails in seconds and says why.
-            session.client.set_retry_policies(
-                [
-                    DefaultPolicy(
-                        max_retries=5, initial_backoff=200, backoff_multiplier=3, max_backoff=5000
-                    )
-                ]
-            )
+            url = self.url
+            if self._run_id is not None:  # outside a run (a shell, a test): a new session id
+                url = session_url(url, run_session_id(self._run_id))
+            session = SparkSession.builder.remote(url).create()
+            # A server that is gone fails the run in seconds, saying why.
+            session.client.set_retry_policies([quick_retries()])
             self._session = session
         return self._session
 
