@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     threads_per_run: int = Field(4, ge=1, description="Objects of a pack that load at once.")
     max_runs_per_tick: int = Field(
         100, ge=1, description="Runs one sensor tick creates at most; the rest follow next tick."
+    )
+    cluster_limits: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        {},
+        description='Runs at once per cluster, as JSON (`{"default": 2, "heavy": 1}`): the '
+        "limit of each cluster's pool `fanout-cluster-<name>` (docs/operations.md). A cluster "
+        "left out takes its `fanout/cluster` limit from dagster.yaml's run queue, else has none.",
     )
 
     # --- local Spark

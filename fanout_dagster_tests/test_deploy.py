@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.launcher import DefaultRunLauncher
+from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresRunStorage
 
 from fanout_dagster.single_host.run_coordinator import ClusterTaggingRunCoordinator
@@ -79,6 +81,45 @@ def test_the_production_instance_keeps_the_repos_run_queue_and_monitoring():
         "env": "DAGSTER_PG_PASSWORD"
     }
     assert production == development
+
+
+def test_the_stock_instance_uses_no_class_of_the_project_and_keeps_the_limits(
+    postgres_server, monkeypatch, tmp_path
+):
+    """deploy/dagster.stock.yaml: what Kubernetes, ECS and Dagster+ allow (Dagster's own
+    run queue and launcher); its limits, monitoring and retries stay the repo's."""
+    stock_text = (DEPLOY / "dagster.stock.yaml").read_text()
+    assert "fanout_dagster." not in "\n".join(
+        line for line in stock_text.splitlines() if not line.lstrip().startswith("#")
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.stock.yaml", home / "dagster.yaml")
+    with postgres_server.database() as database:
+        for name, value in database.env().items():
+            monkeypatch.setenv(name, value)
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert type(instance.run_coordinator) is QueuedRunCoordinator
+            assert type(instance.run_launcher) is DefaultRunLauncher
+            assert instance.run_monitoring_enabled and instance.run_retries_enabled
+            assert instance.event_log_storage.supports_global_concurrency_limits
+            queue = instance.get_concurrency_config().run_queue_config
+            assert queue is not None
+            stock_limits = (queue.max_concurrent_runs, queue.tag_concurrency_limits)
+
+    stock = yaml.safe_load(stock_text)
+    development = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    accelerated = development["run_coordinator"]["config"]
+    assert stock_limits == (
+        accelerated["max_concurrent_runs"],
+        accelerated["tag_concurrency_limits"],
+    )
+    assert (
+        stock["run_coordinator"]["config"]["dequeue_interval_seconds"]
+        == (accelerated["dequeue_interval_seconds"])
+    )
+    for section in ("run_monitoring", "run_retries", "telemetry"):
+        assert stock[section] == development[section], section
 
 
 def test_services_read_secrets_from_outside_the_repository():

@@ -112,6 +112,11 @@ def scaffold_yaml(type_name: str, configs_dir: str) -> str:
           # and how many of them load at once on the run's Spark session.
           objects_per_run: 4
           threads_per_run: 4
+          # Runs at once per cluster (an object's `cluster`), on any deployment:
+          # each bronze step claims a slot of its cluster's pool in the instance's
+          # concurrency store (fanout-cluster-<name>). Left out: the instance's
+          # `fanout/cluster` run limits, else none.
+          # cluster_limits: {{default: 4, heavy: 1}}
 
           # Where bronze steps run: `local` Spark, or `databricks` (then also set
           # data_root and bronze_schema to the workspace's, e.g.
@@ -155,6 +160,14 @@ class BronzeFanout(Component, Resolvable, Model):
     objects_per_run: int | None = Field(None, description=_about("objects_per_run"))
     threads_per_run: int | None = Field(None, description=_about("threads_per_run"))
     max_runs_per_tick: int | None = Field(None, description=_about("max_runs_per_tick"))
+    # --- the guarantees: runs at once per cluster (the claims' cluster pools)
+    cluster_limits: dict[str, int] | None = Field(
+        None,
+        description="Runs at once per cluster (`{default: 2, heavy: 1}`): the limit of each "
+        "cluster's pool `fanout-cluster-<name>`, which every bronze step claims a slot of, on "
+        "any deployment. Left out: $FANOUT_CLUSTER_LIMITS (JSON); a cluster in neither takes "
+        "its `fanout/cluster` run limit from the instance's dagster.yaml, else has none.",
+    )
     # --- the target
     target: Literal["local", "databricks"] | None = Field(None, description=_about("target"))
     # --- local Spark

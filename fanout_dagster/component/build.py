@@ -55,7 +55,10 @@ def local_resources(settings: Settings) -> dict[str, Any]:
         "object_configs": object_configs,
         # Objects load in the run's own process, on its SparkSession.
         "object_loader": LocalObjectLoader(
-            spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
+            spark=spark,
+            bronze_tables=bronze_tables,
+            object_configs=object_configs,
+            cluster_limits=settings.cluster_limits,
         ),
         # No step launcher: the step runs in the run's own process.
         "pyspark_step_launcher": ResourceDefinition.none_resource(),

@@ -4,14 +4,14 @@ names the entry."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from fanout_dagster.core.objects import DEFAULT_CLUSTER
+from fanout_dagster.core.objects import DEFAULT_CLUSTER, ObjectConfig
 from fanout_dagster.orchestration.tags import CLUSTER_TAG
 
 
@@ -145,3 +145,15 @@ def cluster_for_run(
             f"(defined: {', '.join(sorted(clusters))})"
         )
     return clusters[name]
+
+
+def with_cluster_tag(
+    run_tags: Mapping[str, str], objects: Callable[[], Sequence[ObjectConfig]]
+) -> Mapping[str, str]:
+    """The run's tags, with the cluster its objects name where the run has no cluster
+    tag: a UI backfill's run on a stock deployment, which no coordinator tagged (a
+    pack across clusters runs on its first object's; its claims hold a slot of each)."""
+    if CLUSTER_TAG in run_tags:
+        return run_tags
+    found = objects()
+    return {**run_tags, CLUSTER_TAG: found[0].cluster} if found else run_tags

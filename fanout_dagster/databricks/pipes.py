@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import shutil
 import tempfile
 import time
 import warnings
@@ -65,6 +66,7 @@ from databricks.sdk.errors import (
 from databricks.sdk.service import files, jobs
 
 from fanout_dagster.core.loading import ObjectReport
+from fanout_dagster.core.objects import ObjectConfig
 from fanout_dagster.databricks.api import ThrottlePolicy, ride_out_throttling
 from fanout_dagster.databricks.clusters import (
     ClusterConfigError,
@@ -72,6 +74,7 @@ from fanout_dagster.databricks.clusters import (
     api_new_cluster,
     cluster_for_run,
     load_cluster_definitions,
+    with_cluster_tag,
 )
 from fanout_dagster.databricks.remote import pipes_entry
 from fanout_dagster.databricks.submission import (
@@ -79,6 +82,7 @@ from fanout_dagster.databricks.submission import (
     idempotency_token,
     write_code_bundle,
 )
+from fanout_dagster.orchestration.claims import configs_of, held_claims
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.object_loader import ObjectLoader
 from fanout_dagster.settings import Settings
@@ -114,6 +118,7 @@ class PipesObjectLoader(ObjectLoader):
     timeout_s: int = 3600
     # How long one API call may be refused (429/503) before the step fails.
     api_retry_budget_s: float = ThrottlePolicy.budget_s
+    cluster_limits: dict[str, int] = {}  # runs at once per cluster, for the claims
 
     @classmethod
     def from_settings(cls, settings: Settings, object_configs: ObjectConfigs) -> PipesObjectLoader:
@@ -126,12 +131,33 @@ class PipesObjectLoader(ObjectLoader):
             cluster_libraries=settings.cluster_libraries,
             poll_s=settings.databricks_poll_s,
             timeout_s=settings.databricks_timeout_s,
+            cluster_limits=settings.cluster_limits,
         )
 
     def load(
         self, context: AssetExecutionContext, keys: Sequence[str], threads: int
     ) -> Iterator[ObjectReport]:
-        cluster = cluster_for_run(load_cluster_definitions(self.clusters_file), context.run.tags)
+        # The configs as the run starts, copied once: the step's claims
+        # (orchestration/claims.py) are taken from the copy the remote side loads.
+        with tempfile.TemporaryDirectory(prefix="fanout_configs_") as snapshot:
+            configs = str(shutil.copytree(self.configs_dir, Path(snapshot) / "configs"))
+            step = context.get_step_execution_context().step.key
+            objects = configs_of(configs, keys)
+            with held_claims(context.instance, context.run, step, objects, self.cluster_limits):
+                yield from self._load(context, keys, threads, configs, objects)
+
+    def _load(
+        self,
+        context: AssetExecutionContext,
+        keys: Sequence[str],
+        threads: int,
+        configs_dir: str,
+        objects: Sequence[ObjectConfig],
+    ) -> Iterator[ObjectReport]:
+        cluster = cluster_for_run(
+            load_cluster_definitions(self.clusters_file),
+            with_cluster_tag(context.run.tags, lambda: objects),
+        )
         workspace = workspace_client(ThrottlePolicy(budget_s=self.api_retry_budget_s))
         step_key = context.get_step_execution_context().step.key
         attempt = context.retry_number
@@ -139,7 +165,7 @@ class PipesObjectLoader(ObjectLoader):
         staging = f"{run_folder}/{step_key}-{attempt}"
         prepare_staging(workspace.files, self.volume, staging)
         try:
-            upload_code(workspace.files, staging, self.configs_dir)
+            upload_code(workspace.files, staging, configs_dir)
             submission = Submission(
                 token=idempotency_token(context.run.run_id, step_key, attempt),
                 run_name=databricks_run_name(context.run.run_id, keys, cluster.name),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from dagster._core.events import DagsterEvent
@@ -20,6 +22,7 @@ from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySpar
 from fanout_dagster.databricks.api import ThrottlePolicy, ride_out_throttling
 from fanout_dagster.databricks.clusters import ClusterDefinition, cluster_for_run
 from fanout_dagster.databricks.submission import (
+    BUNDLED_CONFIGS,
     code_bundle,
     databricks_auth,
     databricks_run_name,
@@ -27,6 +30,8 @@ from fanout_dagster.databricks.submission import (
     remote_env,
     run_keys,
 )
+from fanout_dagster.orchestration.claims import configs_of, held_claims
+from fanout_dagster.orchestration.partitions import run_partition_keys
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.settings import PROJECT_ROOT, Settings
 
@@ -45,9 +50,17 @@ class IdempotentStepLauncher(DatabricksPySparkStepLauncher):
       throttling and unavailability, by `throttle`.
     """
 
-    def __init__(self, *, configs_dir: str, throttle: ThrottlePolicy | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        configs_dir: str,
+        throttle: ThrottlePolicy | None = None,
+        cluster_limits: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(local_dagster_job_package_path=str(PROJECT_ROOT), **kwargs)
         self.configs_dir = configs_dir
+        self.cluster_limits = dict(cluster_limits or {})
         # The launcher calls Databricks only through this client.
         ride_out_throttling(self.databricks_runner.client.workspace_client, throttle)
 
@@ -59,10 +72,22 @@ class IdempotentStepLauncher(DatabricksPySparkStepLauncher):
         bundle = code_bundle(self.configs_dir)
         self.local_dagster_job_package_path = bundle
         try:
-            yield from super().launch_step(step_context)
+            # The step's claims (orchestration/claims.py), held here: the remote
+            # side sees a stand-in instance. From the bundle's configs, the ones
+            # the remote side loads.
+            with self._claims(step_context, bundle):
+                yield from super().launch_step(step_context)
         finally:
             shutil.rmtree(bundle, ignore_errors=True)
             self._remove_staging(step_context)
+
+    def _claims(
+        self, step_context: StepExecutionContext, bundle: str
+    ) -> AbstractContextManager[None]:
+        instance, run = step_context.instance, step_context.dagster_run
+        keys = run_keys(run.tags, fallback=run_partition_keys(instance, run))
+        objects = configs_of(str(Path(bundle) / BUNDLED_CONFIGS), keys)
+        return held_claims(instance, run, step_context.step.key, objects, self.cluster_limits)
 
     def _remove_staging(self, step_context: StepExecutionContext) -> None:
         folder = "/".join(
@@ -126,6 +151,7 @@ def build_step_launcher(
         # Typed int by the launcher, but it only sleeps for it: fractions work.
         poll_interval_sec=settings.databricks_poll_s,
         configs_dir=object_configs.configs_path,
+        cluster_limits=settings.cluster_limits,
         verbose_logs=False,
         add_dagster_env_variables=False,
     )

@@ -19,9 +19,16 @@ from typing import Any
 
 from dagster import InitResourceContext, ResourceDefinition, resource
 
-from fanout_dagster.databricks.clusters import ClusterConfigError, load_cluster_definitions
+from fanout_dagster.core.objects import ObjectConfig
+from fanout_dagster.databricks.clusters import (
+    ClusterConfigError,
+    load_cluster_definitions,
+    with_cluster_tag,
+)
 from fanout_dagster.databricks.pipes import PipesObjectLoader
 from fanout_dagster.databricks.step_launcher import IdempotentStepLauncher, build_step_launcher
+from fanout_dagster.databricks.submission import run_keys
+from fanout_dagster.orchestration.partitions import run_partition_keys
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.object_loader import LocalObjectLoader
@@ -46,7 +53,10 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
             "bronze_tables": bronze_tables,
             "object_configs": object_configs,
             "object_loader": LocalObjectLoader(
-                spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
+                spark=spark,
+                bronze_tables=bronze_tables,
+                object_configs=object_configs,
+                take_claims=False,  # the launching process holds the step's claims
             ),
             "pyspark_step_launcher": ResourceDefinition.none_resource(),
         }
@@ -80,10 +90,18 @@ def databricks_target_resources(settings: Settings) -> dict[str, Any]:
 
     @resource(description="Runs the bronze step on the run's Databricks cluster.")
     def pyspark_step_launcher(context: InitResourceContext) -> IdempotentStepLauncher:
-        assert context.dagster_run is not None
+        run = context.dagster_run
+        assert run is not None
+
+        def objects() -> list[ObjectConfig]:
+            keys = run_keys(run.tags)
+            if not keys and context.instance is not None:
+                keys = run_partition_keys(context.instance, run)
+            return object_configs.lookup(keys)[0]
+
         return build_step_launcher(
-            run_id=context.dagster_run.run_id,
-            run_tags=context.dagster_run.tags,
+            run_id=run.run_id,
+            run_tags=with_cluster_tag(run.tags, objects),
             settings=settings,
             clusters=clusters,
             object_configs=object_configs,

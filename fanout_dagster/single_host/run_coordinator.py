@@ -1,5 +1,13 @@
-"""The run queue: every bronze run tagged with its cluster, its objects and its
-retries, and never two runs of one object, or of one bronze table, at once.
+"""The run queue, accelerated for one host: every bronze run tagged with its
+cluster, its objects and its retries, and a run that would wait for a cluster
+slot, an object or a bronze table kept QUEUED until it can run.
+
+The guarantees themselves do not depend on this class: every bronze step
+claims its cluster slot and its object and table locks in the instance's
+concurrency store (orchestration/claims.py), on a stock deployment too, where
+a run waiting for them is STARTED. Here the queue holds such a run instead, so
+it takes no run slot while it waits, and a UI backfill's pack that straddles
+clusters is split.
 
 Dagster's QueuedRunCoordinator enforces the run limits of its config (in
 dagster.yaml, under `run_coordinator: config:`), including per-tag limits.
@@ -35,8 +43,8 @@ so a run queued while the list is being made still meets its limits. (The
 UI's "queue criteria" dialog lists them all: one line per object and table.)
 The alternatives did not hold runs in the queue: Dagster pools are declared
 per asset, not per partition, so one pool would serialize every bronze run; a
-lock taken inside the run holds it STARTED (occupying a slot) rather than
-QUEUED; a custom queue daemon cannot be configured in dagster.yaml.
+lock taken inside the run (the claims) holds it STARTED (occupying a slot)
+rather than QUEUED; a custom queue daemon cannot be configured in dagster.yaml.
 
 The lock limits must be added to the config's `tag_concurrency_limits`:
 `concurrency: runs: tag_concurrency_limits` would replace them, so that form
@@ -59,11 +67,6 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
 from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
 
 from fanout_dagster.orchestration.locks import (
     object_lock,
@@ -73,7 +76,7 @@ from fanout_dagster.orchestration.locks import (
     run_locks,
 )
 from fanout_dagster.orchestration.object_state import sql_run_storage
-from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME, run_partition_keys
 from fanout_dagster.orchestration.placement import (
     Placement,
     cluster_tags,
@@ -241,19 +244,3 @@ def _declared_placements() -> dict[str, Placement]:
         obj.key: Placement(obj.cluster, obj.retries, obj.target.table)
         for obj in catalog.load().objects
     }
-
-
-def run_partition_keys(instance: DagsterInstance, run: DagsterRun) -> list[str]:
-    """The `objects` partition keys a run targets: one key, or a range resolved in partition order."""
-    if PARTITION_NAME_TAG in run.tags:
-        return [run.tags[PARTITION_NAME_TAG]]
-    start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
-    end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if not (start and end):
-        return []
-    all_keys = list(instance.get_dynamic_partitions(OBJECTS_PARTITIONS_NAME))
-    try:
-        first, last = all_keys.index(start), all_keys.index(end)
-    except ValueError:
-        return []
-    return all_keys[first : last + 1]

@@ -106,6 +106,7 @@ def test_the_component_builds_the_partitioned_asset_its_sensor_and_local_resourc
         threads_per_run: 2
         spark: connect
         spark_connect_url: sc://spark.internal:15010
+        cluster_limits: {default: 2, heavy: 1}
         """,
     ) as defs:
         Definitions.validate_loadable(defs)
@@ -124,6 +125,8 @@ def test_the_component_builds_the_partitioned_asset_its_sensor_and_local_resourc
         spark = res["spark"]
         assert isinstance(spark, SparkConnectResource)
         assert (spark.host, spark.port) == ("spark.internal", 15010)
+        # The limits of the cluster pools the steps claim (orchestration/claims.py).
+        assert res["object_loader"].cluster_limits == {"default": 2, "heavy": 1}
         assert defs.executor is in_process_executor
 
 
@@ -161,6 +164,7 @@ def test_the_databricks_pipes_target_from_attributes(sandbox, tmp_path):
         clusters_file: {clusters}
         cluster_libraries: [pyyaml, "requests==2.32.3"]
         databricks_timeout_s: 600
+        cluster_limits: {{default: 3}}
         """,
     ) as defs:
         Definitions.validate_loadable(defs)
@@ -171,6 +175,8 @@ def test_the_databricks_pipes_target_from_attributes(sandbox, tmp_path):
         assert loader.cluster_libraries == "pyyaml requests==2.32.3"
         assert loader.timeout_s == 600
         assert loader.bronze_schema == "main.bronze"
+        # Pipes claims around the job run, in this process: with these limits.
+        assert loader.cluster_limits == {"default": 3}
 
 
 def test_every_setting_a_deployment_chooses_is_an_attribute():
@@ -195,12 +201,14 @@ def test_an_attribute_left_out_falls_back_to_its_variable_then_to_the_default(sa
     monkeypatch.setenv("FANOUT_OBJECTS_PER_RUN", "7")
     monkeypatch.setenv("FANOUT_BRONZE_SCHEMA", "from_env")
     monkeypatch.setenv("FANOUT_CONFIGS_DIR", "env_configs")
+    monkeypatch.setenv("FANOUT_CLUSTER_LIMITS", '{"heavy": 1}')
     with loaded(sandbox, "bronze_schema: from_yaml\n") as defs:
         bronze = defs.get_repository_def().assets_defs_by_key[AssetKey("bronze")]
         assert bronze.backfill_policy is not None
         assert bronze.backfill_policy.max_partitions_per_run == 7  # the variable
         res = resources(defs)
         assert res["bronze_tables"].schema_name == "from_yaml"  # the attribute wins
+        assert res["object_loader"].cluster_limits == {"heavy": 1}  # the variable (JSON)
         # A path from the environment resolves from the project root too.
         assert res["object_configs"].configs_dir == str(sandbox.project_root / "env_configs")
         assert res["object_configs"].data_root == str(sandbox.project_root / "data")  # default
@@ -254,6 +262,12 @@ def test_a_template_naming_an_unset_variable_names_it(sandbox):
             "greater than or equal to 1",
         ),
         ("threads_per_run: many\n", 3, "threads_per_run", "valid integer"),
+        (
+            "cluster_limits: {default: 2, heavy: -1}\n",
+            3,
+            "cluster_limits",
+            "greater than or equal to 0",
+        ),
         ("bronze_schema: bronze tables\n", 3, "bronze_schema", "should match pattern"),
         ("spark_connect_url: http://spark:15002\n", 3, "spark_connect_url", "sc://<host>:<port>"),
         (

@@ -13,18 +13,46 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
+from fanout_dagster.orchestration.claims import CLAIMS_METADATA, CLUSTER_POOL_PREFIX, cluster_pool
+from fanout_dagster.orchestration.partitions import run_partition_keys
 from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.helpers import CONNECT_MODE_FLAG, REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
+
+
+# The two configurations of the instance (docs/operations.md, "Stock or accelerated"):
+# the repo's dagster.yaml (the single-host accelerators) and Dagster's stock run
+# queue and launcher (deploy/dagster.stock.yaml, whose PostgreSQL storage the
+# tests replace with their own).
+DEPLOYMENTS = ["accelerated", "stock"]
+CONFIG_FILES = {
+    "accelerated": REPO_ROOT / "dagster.yaml",
+    "stock": REPO_ROOT / "deploy" / "dagster.stock.yaml",
+}
+
+
+def queue_section(config: dict) -> dict:
+    """Where a dagster.yaml keeps its run limits: `concurrency: runs:` (stock), or the
+    run coordinator's config (accelerated)."""
+    if "concurrency" in config:
+        return config["concurrency"]["runs"]
+    return config["run_coordinator"]["config"]
 
 
 def write_dagster_home(
@@ -33,12 +61,14 @@ def write_dagster_home(
     max_concurrent_runs: int | None = None,
     cluster_limits: Mapping[str, int] | None = None,
     storage: Mapping | None = None,
+    deployment: str = "accelerated",
 ) -> Path:
-    """A DAGSTER_HOME whose dagster.yaml is the repo's, with optional tighter limits,
-    and `storage` (the `dagster_storage` fixture: None for SQLite under the home)."""
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    # The run limits are the run coordinator's (see dagster.yaml).
-    runs = config["run_coordinator"]["config"]
+    """A DAGSTER_HOME whose dagster.yaml is the deployment's (the repo's, or the stock
+    one), with optional tighter limits, and `storage` (the `dagster_storage` fixture:
+    None for SQLite under the home)."""
+    config = yaml.safe_load(CONFIG_FILES[deployment].read_text())
+    config.pop("storage", None)
+    runs = queue_section(config)
     if max_concurrent_runs is not None:
         runs["max_concurrent_runs"] = max_concurrent_runs
     if cluster_limits is not None:
@@ -54,7 +84,7 @@ def write_dagster_home(
 
 
 def configured_limits(home: Path) -> tuple[int, dict[str, int]]:
-    runs = yaml.safe_load((home / "dagster.yaml").read_text())["run_coordinator"]["config"]
+    runs = queue_section(yaml.safe_load((home / "dagster.yaml").read_text()))
     per_cluster = {entry["value"]: entry["limit"] for entry in runs["tag_concurrency_limits"]}
     return runs["max_concurrent_runs"], per_cluster
 
@@ -180,6 +210,92 @@ def max_overlap(records: Sequence[RunRecord], tag: tuple[str, str] | None = None
     )
 
 
+class ClaimHold(NamedTuple):
+    """A step's claims held from `start` to `end` (orchestration/claims.py)."""
+
+    run_id: str
+    pools: tuple[str, ...]
+    start: float
+    end: float
+
+
+def claim_holds(instance: DagsterInstance) -> list[ClaimHold]:
+    """Every claim hold of every run, from the claim events of the runs' event logs:
+    from "Claims held" to "Claims released" (the run's end, or now, when a run never
+    released them: its worker died). The logged interval lies within the real one."""
+    holds = []
+    for record in instance.get_run_records():
+        run_id = record.dagster_run.run_id
+        held: tuple[float, tuple[str, ...]] | None = None
+        for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            event = entry.dagster_event
+            metadata = event.engine_event_data.metadata if event else {}
+            if event is None or CLAIMS_METADATA not in (metadata or {}):
+                continue
+            message = event.message or ""
+            if message.startswith("Claims held"):
+                held = (entry.timestamp, tuple(metadata[CLAIMS_METADATA].value))  # type: ignore[arg-type]
+            elif message == "Claims released" and held is not None:
+                holds.append(ClaimHold(run_id, held[1], held[0], entry.timestamp))
+                held = None
+        if held is not None:
+            holds.append(ClaimHold(run_id, held[1], held[0], record.end_time or time.time()))
+    return holds
+
+
+def claim_peaks(holds: Sequence[ClaimHold]) -> dict[str, int]:
+    """Per pool, the most steps that held it at one instant."""
+    pools = {pool for hold in holds for pool in hold.pools}
+    return {
+        pool: peak_overlap((h.start, h.end) for h in holds if pool in h.pools) for pool in pools
+    }
+
+
+def assert_claims_within(
+    holds: list[ClaimHold], cluster_limits: dict[str, int], detail: str
+) -> dict[str, int]:
+    """Per cluster at most its limit of steps held a slot at once; per object and per
+    table, one step at a time (from the claims the steps logged)."""
+    peaks = claim_peaks(holds)
+    for cluster, limit in cluster_limits.items():
+        assert peaks.get(cluster_pool(cluster), 0) <= limit, (cluster, peaks, detail)
+    locks = {pool: peak for pool, peak in peaks.items() if not pool.startswith(CLUSTER_POOL_PREFIX)}
+    assert locks and set(locks.values()) == {1}, (locks, detail)
+    return peaks
+
+
+def waited_for(instance: DagsterInstance, run_id: str) -> list[str]:
+    """What a run's step logged waiting for (its "Waiting for ..." claim events)."""
+    messages = [
+        entry.dagster_event.message or ""
+        for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+        if entry.dagster_event is not None
+    ]
+    return [message for message in messages if message.startswith("Waiting for")]
+
+
+def load_intervals(instance: DagsterInstance, key: str) -> list[tuple[float, float]]:
+    """(started, finished) of every load of one object, from its materializations'
+    `started_at`/`finished_at` metadata (the load's own clock)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("bronze"), asset_partitions=[key]), limit=1000
+    ).records
+    intervals = []
+    for record in records:
+        assert record.asset_materialization is not None
+        metadata = record.asset_materialization.metadata
+        intervals.append((metadata["started_at"].value, metadata["finished_at"].value))
+    return intervals  # type: ignore[return-value]
+
+
+def run_objects(instance: DagsterInstance, record: RunRecord) -> list[str]:
+    """The objects a run loads: its `fanout/objects` tag (the sensor's runs, and every run
+    under the accelerated coordinator), else its partition tags (a stock UI backfill)."""
+    if OBJECTS_TAG in record.dagster_run.tags:
+        return run_keys(record)
+    return run_partition_keys(instance, record.dagster_run)
+
+
 def backfill_runs(instance: DagsterInstance, backfill_id: str) -> list[RunRecord]:
     records = instance.get_run_records(filters=RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
     return sorted(records, key=lambda rec: rec.create_timestamp)
@@ -196,18 +312,28 @@ def assert_packed(
     clusters: Mapping[str, str],
     objects_per_run: int,
     detail: str,
+    instance: DagsterInstance | None = None,
 ) -> None:
     """At most objects_per_run objects a run, each object in exactly one run, each
-    run a contiguous range of `keys` (the partition order) on its objects' cluster."""
+    run a contiguous range of `keys` (the partition order) on one cluster, which its
+    cluster tag names where it has one (a stock UI backfill's runs have none: pass
+    `instance` to read their objects from their partition tags)."""
+
+    def objects_of(rec: RunRecord) -> list[str]:
+        return run_objects(instance, rec) if instance is not None else run_keys(rec)
+
     assert len(runs) == math.ceil(len(keys) / objects_per_run), detail
-    packed = [key for rec in runs for key in run_keys(rec)]
+    packed = [key for rec in runs for key in objects_of(rec)]
     assert sorted(packed) == sorted(keys), detail
     for rec in runs:
-        pack = run_keys(rec)
+        pack = objects_of(rec)
         assert 1 <= len(pack) <= objects_per_run, detail
         first = keys.index(pack[0])
         assert pack == keys[first : first + len(pack)], detail
-        assert {clusters[key] for key in pack} == {rec.dagster_run.tags[CLUSTER_TAG]}, detail
+        pack_clusters = {clusters[key] for key in pack}
+        assert len(pack_clusters) == 1, detail
+        if instance is None or CLUSTER_TAG in rec.dagster_run.tags:
+            assert pack_clusters == {rec.dagster_run.tags[CLUSTER_TAG]}, detail
 
 
 def describe_runs(instance: DagsterInstance) -> str:

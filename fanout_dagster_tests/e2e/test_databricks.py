@@ -62,6 +62,7 @@ def databricks_deployment(
     cluster_start_seconds: float = 0.0,
     data_in: str = "local",
     env: dict[str, str] | None = None,
+    deployment: str = "accelerated",
     **emulator_options,
 ):
     """Emulator + daemon with FANOUT_TARGET=databricks; yields (instance, emulator, home).
@@ -73,7 +74,10 @@ def databricks_deployment(
     their own (a short folder under /tmp), so what a run leaves there is seen.
     """
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=max_runs, cluster_limits=cluster_limits
+        tmp_path / "dagster_home",
+        max_concurrent_runs=max_runs,
+        cluster_limits=cluster_limits,
+        deployment=deployment,
     )
     # A short path: the run launcher's forkserver puts its Unix socket (at most 107
     # bytes of path) there, and pytest-xdist's tmp_path is deep.

@@ -14,6 +14,14 @@ step launcher against the Databricks emulator. Nothing is mocked.
 storage; for 1, PostgreSQL runs the process-group kill, the scenario where the
 new daemon's run monitoring must find the dead worker in the storage. 3 to 5
 are faults of the Databricks side, on the default SQLite storage.
+
+Every scenario runs on both configurations of the instance (accelerated: the
+repo's dagster.yaml; stock: Dagster's own run queue and launcher), except the
+process-group kill: Dagster's DefaultRunLauncher cannot see a worker lost with
+its code server (no health check; docs/operations.md, "Stock or accelerated"),
+so on a stock single host that run waits for an operator. Each scenario also
+checks the steps' claims: held one run at a time per object, and released, or
+freed by run monitoring once a run whose worker died has ended.
 """
 
 from __future__ import annotations
@@ -29,19 +37,25 @@ from typing import Any
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
 from databricks_emulator.faults import path_under
 from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.claims import lock_pool
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
+    DEPLOYMENTS,
     all_runs_finished,
+    assert_claims_within,
+    claim_holds,
     dagster_daemon,
     describe_runs,
+    run_objects,
     wait_for,
+    waited_for,
     write_dagster_home,
 )
 from fanout_dagster_tests.e2e.test_databricks import databricks_deployment, uc_table
@@ -98,12 +112,18 @@ def kill_leftover_group(pgid: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("kill_scope", "storage"),
-    [("daemon_process", "sqlite"), ("process_group", "sqlite"), ("process_group", "postgres")],
+    ("deployment", "kill_scope", "storage"),
+    [
+        ("accelerated", "daemon_process", "sqlite"),
+        ("accelerated", "process_group", "sqlite"),
+        ("accelerated", "process_group", "postgres"),
+        ("stock", "daemon_process", "sqlite"),
+        ("stock", "daemon_process", "postgres"),
+    ],
 )
 @pytest.mark.duration(150)
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
-    project, tmp_path, spark, kill_scope, dagster_storage
+    project, tmp_path, spark, kill_scope, dagster_storage, deployment
 ):
     """A UI backfill of 3 objects, one run each, one run at a time. Once the
     first run has succeeded, the second is STARTED and the third QUEUED, the
@@ -144,6 +164,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         max_concurrent_runs=1,
         cluster_limits={"default": 1, "heavy": 1},
         storage=dagster_storage,
+        deployment=deployment,
     )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "1", "FANOUT_THREADS_PER_RUN": "1"}
     daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
@@ -238,7 +259,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
             dead = instance.get_run_by_id(in_flight)
             assert dead is not None and dead.status == DagsterRunStatus.FAILURE, detail
             assert "is gone" in run_messages(instance, in_flight), run_messages(instance, in_flight)
-            assert dead.tags[RETRIES_TAG] == "1", dead.tags
+            assert dead.tags[RETRIES_TAG] == "1", dead.tags  # the coordinator tagged it
             retried = [run for run in runs if run.tags.get(PARENT_RUN_ID_TAG) == in_flight]
             assert [run.tags.get(RETRY_NUMBER_TAG) for run in retried] == ["1"], detail
             assert retried[0].tags[OBJECTS_TAG] == dead.tags[OBJECTS_TAG], detail
@@ -246,7 +267,12 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
         # One run per object, none left STARTED, none launched twice.
         assert len(runs) == len(keys), detail
         assert all(run.status == DagsterRunStatus.SUCCESS for run in runs), detail
-        assert sorted(run.tags[OBJECTS_TAG] for run in runs) == keys, detail
+        records = instance.get_run_records(filters=RunsFilter(run_ids=[r.run_id for r in runs]))
+        assert sorted(key for rec in records for key in run_objects(instance, rec)) == keys, detail
+        # Every run's step held its claims (the dead one's until it was failed), one
+        # run per object at a time, none left held.
+        assert_claims_within(claim_holds(instance), {"default": 1, "heavy": 1}, detail)
+        assert_no_claims_held(instance, keys)
         # Each partition materialized exactly once, by its run.
         per_partition = materializations_per_partition(instance)
         assert sorted(per_partition) == keys and all(len(v) == 1 for v in per_partition.values()), (
@@ -295,15 +321,19 @@ def set_retries(project, retries: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("storage", STORAGES)
 def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
-    project, tmp_path, spark, dagster_storage
+    project, tmp_path, spark, dagster_storage, deployment
 ):
     """SIGKILL of the run worker alone (an OOM kill, say) while its run is
-    STARTED, the daemon alive. Within two minutes run monitoring marks the run
-    failed (the run launcher finds the worker's pid gone), freeing the only
-    queue slot; the object declares `retries: 1`, so the daemon's automatic
-    re-execution runs it again, and the object is loaded once, by the retry."""
+    STARTED, the daemon alive. Within two minutes the run is marked failed (by
+    the code server that started the worker, or by run monitoring when the run
+    launcher finds the worker's pid gone), freeing the only queue slot; the
+    object declares `retries: 1`, so the daemon's automatic re-execution runs it
+    again, and the object is loaded once, by the retry. The killed step never
+    released its claims: the retry takes them only once run monitoring has freed
+    those of the ended run."""
     key = "erp-stores"
     keep_objects(project, [key])
     set_retries(project, 1)
@@ -313,6 +343,7 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
         max_concurrent_runs=1,
         cluster_limits={"default": 1},
         storage=dagster_storage,
+        deployment=deployment,
     )
     log = tmp_path / "daemon.log"
 
@@ -386,6 +417,16 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
         assert len(instance.get_runs()) == 2, describe_runs(instance)
         [mat] = instance.fetch_materializations(BRONZE, limit=10).records
         assert mat.run_id == retry.run_id
+        # The killed step's claims were held until its run had ended and been swept;
+        # the retry held its own after that, and released them.
+        holds = {hold.run_id: hold for hold in claim_holds(instance)}
+        killed_run = instance.get_run_record_by_id(run.run_id)
+        assert killed_run is not None and killed_run.end_time is not None
+        assert holds[retry.run_id].start >= killed_run.end_time, (holds, killed_run.end_time)
+        assert_claims_within(list(holds.values()), {"default": 1}, describe_runs(instance))
+        assert_no_claims_held(instance, [key])
+        waits = waited_for(instance, retry.run_id)
+        assert all(run.run_id[:8] in message for message in waits), waits
 
     table_df = spark.read.format("delta").load(str(project.process_table(obj.target.table)))
     assert table_df.count() == spark_source_count(
@@ -395,6 +436,13 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
         retry.run_id
     }
     print(f"\nworker {pid} killed; run failed {detected:.1f} s later; retried by {retry.run_id}")
+
+
+def assert_no_claims_held(instance: DagsterInstance, keys: list[str]) -> None:
+    """No run holds a claim on these objects' locks any more (nor waits for one)."""
+    for key in keys:
+        info = instance.event_log_storage.get_concurrency_info(lock_pool(f"object/{key}"))
+        assert (info.claimed_slots, info.pending_steps) == ([], []), (key, info)
 
 
 def killed_run_commits(table_dir: Path, run_id: str) -> list[int]:
@@ -632,9 +680,10 @@ THROTTLED_CALLS = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("launch", ["step_launcher", "pipes"])
 def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
-    project, tmp_path, spark, launch
+    project, tmp_path, spark, launch, deployment
 ):
     """Every call kind of the launch mode is refused twice before it is served: a 429
     (with Retry-After on half of them, without on the others) and a 503; and the submit is
@@ -651,7 +700,12 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
         else {}
     )
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}, **options
+        project,
+        tmp_path,
+        objects_per_run=1,
+        cluster_limits={"default": 1},
+        deployment=deployment,
+        **options,
     ) as (instance, emu, _home):
         calls = THROTTLED_CALLS[launch]
         for index, (method, path) in enumerate(calls):
@@ -691,6 +745,10 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
         assert stats["idempotent_replays"] == 1, stats
         assert stats["runs_by_result_state"] == {"SUCCESS": 1}
         assert instance.get_materialized_partitions(BRONZE) == {key}
+        # The launching process held the step's claims around the Databricks run.
+        [hold] = claim_holds(instance)
+        assert lock_pool(f"object/{key}") in hold.pools
+        assert_no_claims_held(instance, [key])
 
     # The work, done once: each source file's rows once, one load per file, one writer.
     obj = load_objects(project.configs).by_key()[key]
@@ -705,8 +763,9 @@ def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databricks_message(
-    project, tmp_path
+    project, tmp_path, deployment
 ):
     """The driver of the Databricks run (the emulator's task: its python and
     Spark JVM) is SIGKILLed while the step is loading: no Python exception of
@@ -715,7 +774,11 @@ def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databr
     key = "erp-order_lines"
     keep_objects(project, [key])
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+        project,
+        tmp_path,
+        objects_per_run=1,
+        cluster_limits={"default": 1},
+        deployment=deployment,
     ) as (instance, emu, _home):
         databricks_run_id, pgid, members = wait_for_remote_spark(emu, instance, timeout=300)
         os.killpg(pgid, signal.SIGKILL)
@@ -744,6 +807,7 @@ def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databr
         assert f"Run `{databricks_run_id}` failed with result state" in message, message
         assert state["state_message"] in message, (state["state_message"], message)
         assert instance.get_materialized_partitions(BRONZE) == set()
+        assert_no_claims_held(instance, [key])  # released by the failed step
         # Nothing of the killed driver is left.
         assert not any(alive(pid) for pid in members), group_members(pgid)
     print(f"\nkilled driver {members}; step failure: {message.splitlines()[0][:400]}")
@@ -753,15 +817,20 @@ def test_a_remote_run_killed_at_the_cluster_level_fails_the_step_with_the_databr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_processes(
-    project, tmp_path
+    project, tmp_path, deployment
 ):
     """Terminate (the UI's button) while the Databricks run is RUNNING with a
     Spark JVM: the Databricks run ends CANCELED and its python and JVM are gone."""
     key = "erp-order_lines"
     keep_objects(project, [key])
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+        project,
+        tmp_path,
+        objects_per_run=1,
+        cluster_limits={"default": 1},
+        deployment=deployment,
     ) as (instance, emu, _home):
         databricks_run_id, pgid, members = wait_for_remote_spark(emu, instance, timeout=300)
         assert sorted(members.values()).count("java") == 1 and pgid in members, members
@@ -795,3 +864,4 @@ def test_terminating_a_dagster_run_cancels_its_running_databricks_run_and_its_pr
             on_timeout=lambda: str(group_members(pgid)),
         )
         assert instance.get_materialized_partitions(BRONZE) == set()
+        assert_no_claims_held(instance, [key])  # released by the terminated step

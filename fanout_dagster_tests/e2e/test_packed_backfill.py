@@ -6,7 +6,10 @@ object failed on its own while its pack-mates were loaded, fix it, and
 re-execute the backfill "from failure". Every action goes over HTTP with the
 GraphQL the UI sends; every check reads what Dagster itself recorded (run
 records, the event log, and the GraphQL views the UI renders). On SQLite and on
-PostgreSQL storage.
+PostgreSQL storage, and on both configurations of the instance: accelerated
+(the repo's run coordinator tags the backfill's runs with their cluster, so the
+queue caps them) and stock (Dagster's own: the runs carry partition tags only,
+and their steps' claims cap them).
 """
 
 from __future__ import annotations
@@ -28,18 +31,22 @@ from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, Bulk
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
 from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.claims import cluster_pool
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.placement import record_clusters
 from fanout_dagster.orchestration.tags import CLUSTER_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
+    DEPLOYMENTS,
+    assert_claims_within,
     assert_packed,
     backfill_runs,
+    claim_holds,
     configured_limits,
     dagster_daemon,
     describe_runs,
     max_overlap,
     peak_overlap,
-    run_keys,
+    run_objects,
     wait_for,
     write_dagster_home,
 )
@@ -71,10 +78,11 @@ CLUSTER_LIMITS = {"default": 2, "heavy": 1}
 BROKEN = "erp-customers"
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.duration(120)
 def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
-    project, tmp_path, dagster_storage
+    project, tmp_path, dagster_storage, deployment
 ):
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -83,6 +91,7 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
         max_concurrent_runs=MAX_RUNS,
         cluster_limits=CLUSTER_LIMITS,
         storage=dagster_storage,
+        deployment=deployment,
     )
     global_limit, cluster_limits = configured_limits(home)
     env = {
@@ -145,12 +154,14 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
 
                 # 3. What the first backfill did.
                 first_runs = backfill_runs(instance, first)
-                assert_packed(first_runs, keys, clusters, OBJECTS_PER_RUN, describe_runs(instance))
-                by_key = {key: rec for rec in first_runs for key in run_keys(rec)}
+                assert_packed(
+                    first_runs, keys, clusters, OBJECTS_PER_RUN, describe_runs(instance), instance
+                )
+                by_key = {key: rec for rec in first_runs for key in run_objects(instance, rec)}
                 for rec in first_runs:
                     expected = (
                         DagsterRunStatus.FAILURE
-                        if BROKEN in run_keys(rec)
+                        if BROKEN in run_objects(instance, rec)
                         else DagsterRunStatus.SUCCESS
                     )
                     assert rec.dagster_run.status == expected, describe_runs(instance)
@@ -214,9 +225,12 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
                 timings["re-execution done"] = time.monotonic() - t0
 
                 second_runs = backfill_runs(instance, second)
-                assert [run_keys(rec) for rec in second_runs] == [[BROKEN]], describe_runs(instance)
+                assert [run_objects(instance, rec) for rec in second_runs] == [[BROKEN]], (
+                    describe_runs(instance)
+                )
                 assert second_runs[0].dagster_run.status == DagsterRunStatus.SUCCESS
-                assert second_runs[0].dagster_run.tags.get(CLUSTER_TAG) == clusters[BROKEN]
+                if deployment == "accelerated":  # the coordinator tagged it
+                    assert second_runs[0].dagster_run.tags.get(CLUSTER_TAG) == clusters[BROKEN]
 
                 assert instance.get_materialized_partitions(BRONZE) == set(keys)
                 node = asset_partitions(gql, BRONZE_PATH)
@@ -241,6 +255,12 @@ def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
         assert 2 <= overall <= global_limit, describe_runs(instance)
         for cluster, limit in cluster_limits.items():
             assert max_overlap(records, (CLUSTER_TAG, cluster)) <= limit, describe_runs(instance)
+        # The steps' claims: every run held its cluster's slot and its objects' and
+        # tables' locks, within the limits (the only cap a stock backfill run meets).
+        holds = claim_holds(instance)
+        assert sorted(h.run_id for h in holds) == sorted(r.dagster_run.run_id for r in records)
+        peaks = assert_claims_within(holds, cluster_limits, describe_runs(instance))
+        assert {cluster_pool(cluster) for cluster in cluster_limits} <= set(peaks)
 
         loads = object_intervals(instance)
         assert set(loads) == set(keys), "a timed materialization for every object"

@@ -1,10 +1,14 @@
 """The run queue end to end: the real daemon runs the object sensor, the queued
-run coordinator and the runs; the limits are checked from run records.
+run coordinator and the runs; the limits are checked from run records and from
+the claims the runs' steps logged.
 
-The queue's core scenario (a UI backfill's pack held by overlapping sensor
-runs: the sensor, the webserver, the queue daemon and the runs) runs on SQLite
-and on PostgreSQL storage; the 15-object run under the limits on SQLite only,
-to keep the suite short.
+Both scenarios run on both configurations of the instance: the accelerated one
+(the repo's dagster.yaml: the project's run coordinator and launcher) and the
+stock one (deploy/dagster.stock.yaml: Dagster's own). The queue's core scenario
+(a UI backfill's pack held by overlapping sensor runs: the sensor, the
+webserver, the queue daemon and the runs) runs on SQLite and on PostgreSQL
+storage; the 15-object run under the limits on SQLite only, to keep the suite
+short.
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ from pyspark.sql import SparkSession
 from fanout_dagster.core.objects import load_objects
 from fanout_dagster.orchestration.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
+    DEPLOYMENTS,
     all_runs_finished,
+    assert_claims_within,
+    claim_holds,
     configured_limits,
     dagster_daemon,
     describe_runs,
     failed_runs,
+    load_intervals,
     max_overlap,
+    peak_overlap,
+    run_objects,
     wait_for,
+    waited_for,
     write_dagster_home,
 )
 from fanout_dagster_tests.helpers import keep_objects
@@ -38,10 +49,16 @@ pytestmark = pytest.mark.slow
 OBJECTS_PER_RUN = 3
 
 
-def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tmp_path, spark):
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_sensor_runs_every_sample_object_within_the_run_queue_limits(
+    project, tmp_path, spark, deployment
+):
     # Tighter than the shipped limits, so a violation has room to show on 2 cores.
     home = write_dagster_home(
-        tmp_path / "dagster_home", max_concurrent_runs=3, cluster_limits={"default": 2, "heavy": 1}
+        tmp_path / "dagster_home",
+        max_concurrent_runs=3,
+        cluster_limits={"default": 2, "heavy": 1},
+        deployment=deployment,
     )
     global_limit, cluster_limits = configured_limits(home)
     objects = load_objects(project.configs).objects
@@ -82,6 +99,10 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
         assert 2 <= overall <= global_limit, describe_runs(instance)
         for cluster, limit in cluster_limits.items():
             assert max_overlap(records, ("fanout/cluster", cluster)) <= limit
+        # Every run's step held its claims, within the same limits.
+        holds = claim_holds(instance)
+        assert sorted(h.run_id for h in holds) == sorted(r.dagster_run.run_id for r in records)
+        assert_claims_within(holds, cluster_limits, describe_runs(instance))
 
         materialized = instance.get_materialized_partitions(AssetKey("bronze"))
         assert materialized == {obj.key for obj in objects}
@@ -104,16 +125,20 @@ def test_sensor_runs_every_sample_object_within_the_run_queue_limits(project, tm
 OVERLAP_KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.duration(100)
-def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
-    project, tmp_path, dagster_storage
+def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_for_them(
+    project, tmp_path, dagster_storage, deployment
 ):
-    """The queue, not the runs, keeps two runs of one object apart. The queue
-    is first closed (max_concurrent_runs 0) while the sensor's packs and a UI
-    backfill's pack are created, then opened for 3 runs, 3 on the cluster: the
-    global and cluster limits have room for all three, and only the per-object
-    limits can hold the backfill's pack until both sensor runs have ended."""
+    """Two runs of one object never load at once. The queue is first closed
+    (max_concurrent_runs 0) while the sensor's packs and a UI backfill's pack
+    are created, then opened for 3 runs, 3 on the cluster: the global and
+    cluster limits have room for all three, and only the per-object locks keep
+    the backfill's pack and the sensor's packs apart. Accelerated, the queue
+    holds the backfill's pack QUEUED until both sensor runs have ended; stock,
+    all three start and the steps' claims hold apart the ones that overlap
+    (whichever claims first), the waiting one saying what it waits for."""
     from fanout_dagster_tests.e2e.webserver import (
         dagster_webserver,
         launch_asset_backfill,
@@ -126,6 +151,7 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
         max_concurrent_runs=0,
         cluster_limits={"default": 3},
         storage=dagster_storage,
+        deployment=deployment,
     )
     env = {**project.env(), "FANOUT_OBJECTS_PER_RUN": "2", "FANOUT_THREADS_PER_RUN": "1"}
     daemon_log, web_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
@@ -134,9 +160,7 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
         return "\n--- daemon.log (tail)\n" + daemon_log.read_text(errors="replace")[-3000:]
 
     def runs_by_objects(instance) -> dict[str, RunRecord]:
-        return {
-            rec.dagster_run.tags.get(OBJECTS_TAG, "?"): rec for rec in instance.get_run_records()
-        }
+        return {",".join(run_objects(instance, rec)): rec for rec in instance.get_run_records()}
 
     with DagsterInstance.from_config(str(home)) as instance:
         # 1. Queue closed: the sensor's first tick queues its packs, the UI backfills B and C.
@@ -171,7 +195,11 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
 
         # 2. The queue opens.
         write_dagster_home(
-            home, max_concurrent_runs=3, cluster_limits={"default": 3}, storage=dagster_storage
+            home,
+            max_concurrent_runs=3,
+            cluster_limits={"default": 3},
+            storage=dagster_storage,
+            deployment=deployment,
         )
         held_with_room: list[int] = []  # in-progress counts while the backfill's pack waited
 
@@ -197,16 +225,40 @@ def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
         records = instance.get_run_records()
         detail = describe_runs(instance)
         assert not failed_runs(instance), detail + logs()
-        # The queue held the backfill's pack while it had room for it.
-        assert held_with_room and min(held_with_room) < 3, (held_with_room, detail)
-        # Runs that share an object never overlapped; the sensor's packs did run together.
-        spans = {
-            rec.dagster_run.tags[OBJECTS_TAG]: (rec.start_time or 0.0, rec.end_time or 0.0)
-            for rec in records
-        }
-        backfill_span = spans.pop("erp-products,erp-stores")
-        for objects, (_start, end) in spans.items():
-            assert end <= backfill_span[0], (objects, spans, backfill_span, detail)
-        sensor_records = [r for r in records if r.dagster_run.run_id != backfill_run.run_id]
-        assert max_overlap(sensor_records) == 2
         assert instance.get_materialized_partitions(AssetKey("bronze")) == set(OVERLAP_KEYS)
+        holds = {hold.run_id: hold for hold in claim_holds(instance)}
+        assert len(holds) == 3, (holds, detail)
+        # No object loaded by two runs at once: neither their claims nor their loads
+        # (each object's materializations: started_at..finished_at) overlapped.
+        assert_claims_within(list(holds.values()), {"default": 3}, detail)
+        for key in OVERLAP_KEYS:
+            assert peak_overlap(load_intervals(instance, key)) == 1, (key, detail)
+        backfill_hold = holds[backfill_run.run_id]
+        sensor_holds = [hold for run_id, hold in holds.items() if run_id != backfill_run.run_id]
+        # The sensor's packs share nothing: they did hold their claims together.
+        assert peak_overlap((hold.start, hold.end) for hold in sensor_holds) == 2, detail
+        if deployment == "accelerated":
+            # The queue held the backfill's pack while it had room for it, and
+            # launched it once both sensor runs had ended.
+            assert held_with_room and min(held_with_room) < 3, (held_with_room, detail)
+            spans = {
+                rec.dagster_run.tags[OBJECTS_TAG]: (rec.start_time or 0.0, rec.end_time or 0.0)
+                for rec in records
+            }
+            backfill_span = spans.pop("erp-products,erp-stores")
+            for objects, (_start, end) in spans.items():
+                assert end <= backfill_span[0], (objects, spans, backfill_span, detail)
+        else:
+            # All three started; the steps' claims held apart those that overlap:
+            # the backfill's pack against both sensor packs, or both against it.
+            waits = {run_id: waited_for(instance, run_id) for run_id in holds}
+            assert any(waits.values()), (waits, detail)
+            for hold in sensor_holds:
+                assert hold.end <= backfill_hold.start or backfill_hold.end <= hold.start, (
+                    hold,
+                    backfill_hold,
+                    detail,
+                )
+            for run_id, messages in waits.items():
+                for message in messages:
+                    assert message.startswith("Waiting for object erp-"), (run_id, message)

@@ -1,8 +1,12 @@
-"""One run per object at a time: the run queue (Dagster's queue daemon, with the
-repo's run coordinator on a real instance) holds a run that shares an object
-with a run in progress, or with a run launched ahead of it in the same pass,
-whatever launched them; on SQLite and on PostgreSQL storage. The end-to-end
-version is e2e/test_run_queue.py."""
+"""One run per object at a time, kept in the queue: the run queue (Dagster's queue
+daemon, with the repo's run coordinator on a real instance) holds a run that
+shares an object with a run in progress, or with a run launched ahead of it in
+the same pass, whatever launched them; on SQLite and on PostgreSQL storage.
+This is the accelerated configuration's way; the guarantee itself, on any
+configuration, is the steps' claims (orchestration/test_claims.py: a pack
+waiting for the run holding one of its objects, a run waiting for the writer of
+the table its config names). The end-to-end version, on both configurations,
+is e2e/test_run_queue.py."""
 
 from __future__ import annotations
 

@@ -8,15 +8,21 @@ and never asks where the work ran. definitions.py picks the implementation:
   target, and the cluster side of the Databricks step launcher);
 - `PipesObjectLoader` (databricks/pipes.py): a Databricks job run
   through Dagster Pipes, its reports streamed back while it runs.
+
+Both hold the step's claims (orchestration/claims.py: per-cluster slots, a
+lock per object and per table) while the objects load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from dagster import AssetExecutionContext, ConfigurableResource
 
 from fanout_dagster.core.loading import ObjectReport, load_pack, missing_config_report
+from fanout_dagster.core.objects import ObjectConfig
+from fanout_dagster.orchestration.claims import held_claims
 from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
 from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
 from fanout_dagster.orchestration.resources.spark import SparkResource
@@ -37,6 +43,11 @@ class LocalObjectLoader(ObjectLoader):
     spark: SparkResource
     bronze_tables: BronzeTables
     object_configs: ObjectConfigs
+    # Runs at once per cluster (Settings.cluster_limits), for the step's claims.
+    cluster_limits: dict[str, int] = {}
+    # False on the remote side of the Databricks step launcher: the launching
+    # process holds the step's claims there.
+    take_claims: bool = True
 
     def load(
         self, context: AssetExecutionContext, keys: Sequence[str], threads: int
@@ -46,12 +57,22 @@ class LocalObjectLoader(ObjectLoader):
             yield missing_config_report(key)
         if not objects:
             return
-        session = self.spark.get_session()
-        yield from load_pack(
-            session,
-            objects,
-            data_root=self.object_configs.data_root_path,
-            writer=self.bronze_tables.writer(session),
-            run_id=context.run.run_id,
-            threads=threads,
-        )
+        # Claimed from the configs loaded just now, the ones the objects load with.
+        with self._claims(context, objects):
+            session = self.spark.get_session()
+            yield from load_pack(
+                session,
+                objects,
+                data_root=self.object_configs.data_root_path,
+                writer=self.bronze_tables.writer(session),
+                run_id=context.run.run_id,
+                threads=threads,
+            )
+
+    def _claims(
+        self, context: AssetExecutionContext, objects: Sequence[ObjectConfig]
+    ) -> AbstractContextManager[None]:
+        if not self.take_claims:
+            return nullcontext()
+        step = context.get_step_execution_context().step.key
+        return held_claims(context.instance, context.run, step, objects, self.cluster_limits)
