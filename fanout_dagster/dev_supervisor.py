@@ -8,8 +8,8 @@ webserver, a daemon, code servers and run workers). It stops all of it:
 - on Ctrl-C (SIGINT to the terminal's process group), SIGTERM or SIGHUP
   (terminal closed), and when the command or the server ends on its own, within
   COMMAND_GRACE_S + SERVER_GRACE_S (< 10 s): the command gets COMMAND_GRACE_S to
-  stop with what it started, then whatever is left of it is killed, then the
-  server is stopped;
+  stop with what it started, then the server is stopped and whatever is left of
+  the command killed;
 - when the wrapper itself is killed outright (SIGKILL): the JVM and the command
   were started through `die_with_parent`, so the kernel signals them.
 
@@ -37,9 +37,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # A process stopped by a signal exits 128 + its number, as shells report it.
 EXIT_CODES: dict[int, int] = {int(number): 128 + number for number in STOP_SIGNALS}
 # Ctrl-C stops everything within 10 s: the command gets COMMAND_GRACE_S to stop
-# what it started (dagster dev takes ~2 s idle, ~30 s on a loaded machine), the
-# server (~1 s on SIGTERM) SERVER_GRACE_S after it.
-COMMAND_GRACE_S = 6.0
+# what it started (dagster dev takes ~3 s idle, ~30 s on a loaded machine); then
+# the server (~1 s on SIGTERM) gets SIGTERM, and SIGKILL SERVER_GRACE_S later.
+COMMAND_GRACE_S = 5.0
 SERVER_GRACE_S = 3.0
 
 
@@ -154,11 +154,12 @@ def run_beside(
         say(f"Stopping {name} and the Spark Connect server ...")
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(max(0.0, deadline - time.monotonic()))
+    # The command has stopped or had its time: the server stops now, beside what is
+    # left of the command (SIGKILLed at the deadline), not after it.
+    signal_group(server, signal.SIGTERM)
     killed = stop_descendants(keep={server.pid}, own={child}, deadline=deadline)
     if killed:
-        say(
-            f"killed {killed} process(es) of {name} still running {COMMAND_GRACE_S:.0f} s after the stop"
-        )
+        say(f"killed {killed} process(es) of {name} still running {COMMAND_GRACE_S:.0f} s on")
     stop_server(server, SERVER_GRACE_S)
     if signals.received is not None:
         return EXIT_CODES[signals.received]
@@ -181,16 +182,19 @@ def serve(server: subprocess.Popen[bytes], signals: StopSignals, server_log: Pat
 
 def stop_server(server: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the server's process group, SIGKILL it after `grace` seconds."""
-    if server.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
+    signal_group(server, signal.SIGTERM)
     try:
         server.wait(grace)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
+        signal_group(server, signal.SIGKILL)
         server.wait()
+
+
+def signal_group(leader: subprocess.Popen[bytes], number: int) -> None:
+    """Signal the process group `leader` leads (started in a session of its own)."""
+    if leader.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, number)
 
 
 def stop_descendants(*, keep: set[int], own: set[subprocess.Popen[bytes]], deadline: float) -> int:
@@ -240,10 +244,10 @@ def reap_adopted(keep: set[int]) -> None:
 
 
 def descendants(root: int, skip: AbstractSet[int] = frozenset()) -> set[int]:
-    """The live (not zombie) descendants of `root`, without `skip` and theirs."""
+    """The live descendants of `root`, without `skip` and theirs."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, state) in process_table().items():
-        if state != "Z":
+    for pid, (ppid, live) in process_table().items():
+        if live:
             children.setdefault(ppid, []).append(pid)
     found: set[int] = set()
     pending = [root]
@@ -255,17 +259,20 @@ def descendants(root: int, skip: AbstractSet[int] = frozenset()) -> set[int]:
     return found
 
 
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter) of every process, from /proc."""
-    table: dict[int, tuple[int, str]] = {}
+def process_table() -> dict[int, tuple[int, bool]]:
+    """pid -> (parent pid, live) of every process, from /proc. A zombie is dead once
+    its other threads are gone too (a killed process's main thread turns zombie
+    while the others still exit, holding its files and sockets)."""
+    table: dict[int, tuple[int, bool]] = {}
     for entry in _proc_entries():
         try:
             stat = (Path("/proc") / entry / "stat").read_text()
+            threads = len(os.listdir(Path("/proc") / entry / "task"))
         except OSError:
             continue  # gone meanwhile
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
         fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (int(fields[1]), fields[0])
+        table[int(entry)] = (int(fields[1]), fields[0] != "Z" or threads > 1)
     return table
 
 

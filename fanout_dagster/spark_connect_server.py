@@ -319,20 +319,30 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15) -> None:
     stop_server(process, grace)
 
 
+SHELL = """\
+from fanout_dagster.resources.spark import SparkConnectResource
+from fanout_dagster.spark_connect_server import SparkServerError
+
+try:
+    spark = SparkConnectResource(port={port}).get_session()
+except SparkServerError as exc:
+    raise SystemExit(f"error: {{exc}}") from None
+print("spark: a session on the Spark Connect server at {address}, e.g.")
+print('  spark.table("bronze.erp_customers").show()')
+"""
+
+
 def open_shell(config: ServerConfig) -> int:
-    """A PySpark shell on the running server, with the token in its environment."""
-    token = client_token(config.port)
-    if token is None or not port_in_use(config.host, config.port):
-        print(
-            f"error: no Spark Connect server of yours on port {config.port}: start it with "
-            "`make dev` or `make spark-server`",
-            file=sys.stderr,
+    """An interactive Python with `spark`, a session on the running server: the
+    product's own client, which finds the server's token as every run does."""
+    if not port_in_use(config.host, config.port):
+        raise SparkServerError(
+            f"no Spark Connect server at {config.address}: start it with `make dev` or "
+            "`make spark-server`"
         )
-        return 1
-    pyspark_shell = str(Path(sys.executable).parent / "pyspark")
-    env = {**os.environ, SPARK_TOKEN_VARIABLE: token}
-    os.execve(pyspark_shell, [pyspark_shell, "--remote", f"sc://localhost:{config.port}"], env)
-    return 0  # not reached
+    code = SHELL.format(port=config.port, address=config.address)
+    os.execv(sys.executable, [sys.executable, "-i", "-c", code])
+    return 0  # not reached: exec replaced this process
 
 
 def main(argv: Sequence[str] | None = None) -> int:

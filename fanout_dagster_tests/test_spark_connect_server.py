@@ -11,6 +11,8 @@ import gc
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -37,6 +39,7 @@ from fanout_dagster.spark_connect_server import (
 )
 from fanout_dagster.tags import OBJECTS_TAG
 from fanout_dagster_tests.helpers import (
+    child_env,
     expected_source_files,
     free_port,
     keep_objects,
@@ -231,6 +234,20 @@ def test_the_token_is_kept_from_other_local_users(spark_server):
     assert path.read_text() == token
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_the_spark_shell_opens_a_session_with_the_token(spark_server):
+    """`make spark-shell`: a Python prompt with `spark` on the running server."""
+    shell = subprocess.run(
+        [sys.executable, "-m", "fanout_dagster.spark_connect_server", "--shell"],
+        input='print("ROWS", spark.range(5).count())\n',
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(FANOUT_SPARK_CONNECT_PORT=str(spark_server.port)),
+    )
+    assert "ROWS 5" in shell.stdout, shell.stdout + shell.stderr
+    assert spark_server.token not in shell.stdout + shell.stderr
 
 
 # --------------------------------------------------------------------------- the server dies
