@@ -9,6 +9,14 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 3000
 PYTEST_ARGS ?=
+# The suite runs in this many parallel pytest workers (pytest-xdist), each with
+# its own Spark Connect server, PostgreSQL cluster and temporary folder; the
+# tests mostly wait on JVMs and Dagster daemons, so more workers than cores
+# pay. TEST_WORKERS=0 runs the tests in one process. Longest tests are handed
+# out first (fanout_dagster_tests/parallel.py); `xdist_group` marks keep
+# tests together on one worker.
+TEST_WORKERS ?= 3
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 OBJECTS ?=
 MODES ?=
 EMULATOR_ARGS ?=
@@ -43,30 +51,38 @@ check-java:
 # ./dagster.yaml (run queue limits) and keeps its state in a temporary
 # .tmp_dagster_home_* here.
 dev: $(STAMP) check-java
-	$(PY) -m fanout_dagster.spark_connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
+	$(PY) -m fanout_dagster.local_spark.connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
 
 # The Spark Connect server alone (for `dagster dev` started by hand, or a shell).
 spark-server: $(STAMP) check-java
-	$(PY) -m fanout_dagster.spark_connect_server
+	$(PY) -m fanout_dagster.local_spark.connect_server
 
 # A PySpark shell on the running server, with its token: spark.table("bronze.erp_customers").
 spark-shell: $(STAMP)
-	$(PY) -m fanout_dagster.spark_connect_server --shell
+	$(PY) -m fanout_dagster.local_spark.connect_server --shell
 
 test: $(STAMP) check-java
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) check-java
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP) check-java
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) -m slow $(PYTEST_ARGS)
 
-# ruff (lint rules + the formatter's check) and mypy, configured in pyproject.toml.
+# ruff (lint rules + the formatter's check), mypy, and the package's architecture
+# (import-linter: which room may import which), configured in pyproject.toml;
+# then the code location loads through its component (`dg check defs`) and shows
+# its asset, sensor and resources (`dg list defs`). dg runs in this venv, without
+# its hourly PyPI version check.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) DAGSTER_DG_UPDATE_CHECK_ENABLED=0 $(VENV)/bin/dg
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(DG) check defs
+	$(DG) list defs
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -112,9 +112,9 @@ def write_instance(home: Path, concurrency: int) -> Path:
 
 def register_objects(instance, configs_dir: str) -> list[str]:
     """Partitions and cluster records for every object, in the sensor's order."""
-    from fanout_dagster.objects import load_objects
-    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-    from fanout_dagster.placement import record_clusters
+    from fanout_dagster.core.objects import load_objects
+    from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+    from fanout_dagster.orchestration.placement import record_clusters
 
     objects = sorted(load_objects(configs_dir).objects, key=lambda o: (o.cluster, o.key))
     keys = [o.key for o in objects]
@@ -294,7 +294,7 @@ def _backfill_runs(instance, backfill_id: str):
 
 def _wait_runs(instance, backfill_id: str, n_keys: int, timeout: float):
     """Until the backfill's runs cover every key and all of them have ended."""
-    from fanout_dagster.run_coordinator import run_partition_keys
+    from fanout_dagster.single_host.run_coordinator import run_partition_keys
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -400,7 +400,7 @@ def phases(marks: dict[str, float]) -> dict[str, float]:
 def _result(
     instance, spec, keys, runs, *, backfill_id, backfill_status, times, sensor_status
 ) -> dict:
-    from fanout_dagster.tags import OBJECTS_TAG
+    from fanout_dagster.orchestration.tags import OBJECTS_TAG
 
     records = {
         r.dagster_run.run_id: r for r in instance.get_run_records(filters=_run_filter(backfill_id))

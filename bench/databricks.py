@@ -31,7 +31,7 @@ def unavailable_reason() -> str | None:
     except Exception as exc:  # not written yet, or broken mid-edit
         return f"Databricks emulator not available ({type(exc).__name__}: {exc})"
     try:
-        from fanout_dagster.resources.databricks import databricks_target_resources  # noqa: F401
+        from fanout_dagster.databricks.target import databricks_target_resources  # noqa: F401
     except Exception as exc:
         return f"databricks target not available ({type(exc).__name__}: {exc})"
     return None
@@ -52,6 +52,11 @@ def run_databricks(spec: dict) -> dict:
                 "FANOUT_BRONZE_SCHEMA": UC_SCHEMA,
                 "DATABRICKS_HOST": emu.host,
                 "DATABRICKS_TOKEN": emu.token,
+                # The emulator's clusters hold only their runtime's libraries, as
+                # Databricks' do: the step launcher attaches Dagster's, and the
+                # remote side needs pydantic-settings too (docs/databricks.md).
+                "FANOUT_INSTALL_DEFAULT_LIBRARIES": "1",
+                "FANOUT_CLUSTER_LIBRARIES": "pydantic-settings",
             }
         )
         if spec.get("databricks_poll_s"):

@@ -1,6 +1,6 @@
 """The dev-loop section: what `make dev` gives a new user.
 
-Runs exactly what `make dev` runs - `python -m fanout_dagster.spark_connect_server
+Runs exactly what `make dev` runs - `python -m fanout_dagster.local_spark.connect_server
 -- dagster dev`, from the repository root, on the shipped configs and sample data
 - with a temporary DAGSTER_HOME (the repo's dagster.yaml), warehouse and free
 ports, so the repository's own state and a developer's running `make dev` stay
@@ -165,7 +165,7 @@ def run_dev_loop(spec: dict) -> dict:
     command = [
         sys.executable,
         "-m",
-        "fanout_dagster.spark_connect_server",
+        "fanout_dagster.local_spark.connect_server",
         "--",
         str(venv_bin / "dagster"),
         "dev",

@@ -1,6 +1,6 @@
 """The 10,000-object section: what the fan-out list costs before any data moves.
 
-- `scale_definitions_load`: `python -c 'import fanout_dagster.definitions'` in a
+- `scale_definitions_load`: `fanout_dagster.definitions.defs()` in a
   fresh process with FANOUT_CONFIGS_DIR at the 10k configs (median of 3). Every
   code server, run worker and daemon pays this.
 - `scale_sensor_first_tick`: the real `dagster-daemon` against a fresh instance
@@ -46,8 +46,8 @@ def run_sensor_tick(spec: dict) -> dict:
     from dagster import DagsterInstance
     from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-    from fanout_dagster.objects import load_objects
-    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+    from fanout_dagster.core.objects import load_objects
+    from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 
     n = spec["objects"]
     t0 = time.perf_counter()
@@ -133,8 +133,8 @@ def _evaluate_in_process(spec: dict) -> tuple[float, int]:
     """The sensor function alone, on an empty in-memory instance: reading, hashing, requests."""
     from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-    from fanout_dagster.resources.object_configs import ObjectConfigs
-    from fanout_dagster.sensors import build_object_sensor
+    from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
+    from fanout_dagster.orchestration.sensor import build_object_sensor
 
     with DagsterInstance.ephemeral() as instance:
         catalog = ObjectConfigs(configs_dir=spec["configs"], data_root=spec["data_root"])
@@ -162,8 +162,8 @@ def run_sensor_steady(spec: dict) -> dict:
     from dagster import DagsterInstance
     from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-    from fanout_dagster.object_state import KV_PREFIX
-    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+    from fanout_dagster.orchestration.object_state import KV_PREFIX
+    from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 
     n, wanted = spec["objects"], spec["steady_ticks"]
     home = Path(os.environ["DAGSTER_HOME"])
@@ -272,8 +272,8 @@ def _code_server(workdir: Path) -> tuple[subprocess.Popen, Path]:
 _FRESH_TICKS = """
 import json, sys, time
 from dagster import DagsterInstance, build_sensor_context
-from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.sensors import build_object_sensor
+from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
+from fanout_dagster.orchestration.sensor import build_object_sensor
 spec, cursor = json.loads(sys.argv[1]), sys.argv[2]
 catalog = ObjectConfigs(configs_dir=spec["configs"], data_root=spec["data_root"])
 sensor = build_object_sensor(objects_per_run=spec["pack_size"])

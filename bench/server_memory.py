@@ -32,12 +32,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def run_server_memory(spec: dict) -> dict:
     from dagster import AssetKey, instance_for_test, materialize
 
-    from fanout_dagster.assets.bronze import build_bronze_asset
+    from fanout_dagster.core.objects import load_objects
     from fanout_dagster.definitions import local_resources
-    from fanout_dagster.objects import load_objects
-    from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
+    from fanout_dagster.local_spark.connect_server import ServerConfig, running_server
+    from fanout_dagster.orchestration.bronze import build_bronze_asset
+    from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
     from fanout_dagster.settings import Settings
-    from fanout_dagster.spark_connect_server import ServerConfig, running_server
 
     workdir = Path(spec["workdir"])
     runs, sample_every = spec["server_runs"], max(1, spec["sample_every"])

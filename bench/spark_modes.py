@@ -3,7 +3,7 @@ all objects) and `per_process` (one fresh Python + Spark process per object, C
 at a time).
 
 None imports Dagster: they run the product's own loading loop
-(`fanout_dagster.loading.load_pack`: `run_pack` threads over `ingest_object`,
+(`fanout_dagster.core.loading.load_pack`: `run_pack` threads over `ingest_object`,
 Spark job tags per run and object) with the product's bronze Delta writer
 (`BronzeTables`, schema `FANOUT_BRONZE_SCHEMA` of the measurement), on the
 product's own sessions:
@@ -28,10 +28,10 @@ from pathlib import Path
 def new_session(spec: dict, app_name: str):
     """The mode's session, configured exactly as the product's (Delta, warehouse)."""
     if spec["mode"] == "warm_floor":
-        from fanout_dagster.resources.spark import SparkConnectResource
+        from fanout_dagster.orchestration.resources.spark import SparkConnectResource
 
         return SparkConnectResource(port=spec["spark_connect_port"]).get_session()
-    from fanout_dagster.resources.spark import LocalSparkResource
+    from fanout_dagster.orchestration.resources.spark import LocalSparkResource
 
     return LocalSparkResource(
         master=spec["spark_master"], warehouse_dir=spec["spark_warehouse"], app_name=app_name
@@ -40,9 +40,9 @@ def new_session(spec: dict, app_name: str):
 
 def _ingest(spec: dict, keys: list[str] | None, app_name: str) -> dict:
     """Load the objects (all, or `keys`) on one new session; per-object start/finish."""
-    from fanout_dagster.loading import load_pack
-    from fanout_dagster.objects import load_objects
-    from fanout_dagster.resources.bronze_tables import BronzeTables
+    from fanout_dagster.core.loading import load_pack
+    from fanout_dagster.core.objects import load_objects
+    from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
 
     objects = load_objects(spec["configs"]).objects
     if keys is not None:
@@ -114,7 +114,7 @@ def run_single(spec_path: str, key: str, out_path: str) -> None:
 
 def run_per_process(spec: dict) -> dict:
     """A fresh `python -m bench.worker --single` per object, `concurrency` at a time."""
-    from fanout_dagster.objects import load_objects
+    from fanout_dagster.core.objects import load_objects
 
     keys = [o.key for o in load_objects(spec["configs"]).objects]
     limit = spec["objects_limit"] or len(keys)

@@ -1,7 +1,7 @@
 """The warm Spark Connect server: the benchmark's "all-purpose cluster".
 
 The orchestrator starts one local Spark Connect server (the product's own,
-`fanout_dagster.spark_connect_server.running_server`, on free ports, with a
+`fanout_dagster.local_spark.connect_server.running_server`, on free ports, with a
 warehouse in the work dir) before the main section and stops it after it. Its
 start-up is outside every measurement, as a cluster that is already up; the
 CPU it spends during a measurement is read from /proc (utime + stime of its
@@ -67,7 +67,7 @@ class WarmServer:
     """`with WarmServer(...) as server:` - the server is up (and answering) inside."""
 
     def __init__(self, state_dir: Path, *, master: str, log_copy: Path | None = None):
-        from fanout_dagster.spark_connect_server import ServerConfig
+        from fanout_dagster.local_spark.connect_server import ServerConfig
 
         self.config = ServerConfig(
             port=free_port(),
@@ -90,7 +90,7 @@ class WarmServer:
         return self.config.warehouse
 
     def __enter__(self) -> WarmServer:
-        from fanout_dagster.spark_connect_server import running_server
+        from fanout_dagster.local_spark.connect_server import running_server
 
         started = time.time()
         process = self._stack.enter_context(running_server(self.config))

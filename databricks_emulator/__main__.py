@@ -21,6 +21,7 @@ from .emulator import (
     load_cluster_config,
     load_volume_config,
 )
+from .task_libraries import RUNTIME_LIBRARIES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,6 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='a workspace with "DBFS root and mounts" disabled: DBFS API and /dbfs/ are denied',
     )
     parser.add_argument(
+        "--runtime-library",
+        action="append",
+        default=[],
+        metavar="REQUIREMENT",
+        help="a library every task has, as its runtime ships it (repeatable; added to "
+        f"{' '.join(RUNTIME_LIBRARIES)}; e.g. pydantic and pyyaml to mirror a runtime that has "
+        "them): tasks see these, the standard library and what their run names, nothing else",
+    )
+    parser.add_argument(
         "--max-active-task-runs",
         type=int,
         default=1000,
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             serverless=not args.no_serverless,
             dbfs_root=not args.no_dbfs_root,
             max_active_task_runs=args.max_active_task_runs,
+            runtime_libraries=[*RUNTIME_LIBRARIES, *args.runtime_library],
         )
     )
     for scope, values in secrets.items():

@@ -16,6 +16,9 @@ script finds on a cluster (``spark``, ``sc``, ``dbutils``), then runs ``python_f
 * At the end the Spark JVM is stopped and *reaped by this process*, so no JVM outlives the task.
 * An uncaught exception is written to the error file (the server turns it into
   ``error``/``error_trace`` of ``runs/get-output``) and printed to stderr.
+* Libraries the run named that the emulator could not provide are listed on stderr first.
+* At the end, the top-level modules the script imported (and the files they came from) are
+  written to ``imports.json`` in the task's folder: what the code really needed.
 """
 
 from __future__ import annotations
@@ -171,6 +174,9 @@ def main(argv: list[str]) -> int:
     # interpreter path (see task_python): this package, the run's wheels, site-packages.
     sys.path.insert(0, os.path.dirname(os.path.abspath(python_file)))
 
+    for note in spec.get("library_notes", []):
+        print(f"[emulator] library: {note}", file=sys.stderr, flush=True)
+    imported_before = set(sys.modules)
     exit_code = 0
     try:
         script_globals: dict[str, Any] = {"spark": spark, "sc": sc, "dbutils": dbutils}
@@ -191,8 +197,25 @@ def main(argv: list[str]) -> int:
         # The script is over: a cancel arriving now may simply terminate us.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         sys.stdout.flush()
+        if spec.get("imports_file"):
+            _write_imports(Path(spec["imports_file"]), imported_before)
         _stop_spark()
     return exit_code
+
+
+def _write_imports(path: Path, imported_before: set[str]) -> None:
+    """``{top-level module: file}`` of every module the script imported (builtins: null)."""
+    found: dict[str, str | None] = {}
+    for name in sorted(set(sys.modules) - imported_before):
+        top = name.partition(".")[0]
+        if top in found:
+            continue
+        module = sys.modules.get(top) or sys.modules.get(name)
+        where = getattr(module, "__file__", None) or next(
+            iter(getattr(module, "__path__", [])), None
+        )
+        found[top] = str(where) if where else None
+    path.write_text(json.dumps(found, indent=1))
 
 
 if __name__ == "__main__":

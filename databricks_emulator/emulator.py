@@ -33,6 +33,7 @@ from .secrets import SecretStore
 from .server import EmulatorHTTPServer
 from .serverless import ConnectServer
 from .stats import Stats
+from .task_libraries import RUNTIME_LIBRARIES, SiteFolders
 from .task_python import write_wrapper
 from .task_setup import PACKAGE_DIR, TaskHost
 from .volumes import FilesApi, VolumeStore
@@ -66,6 +67,9 @@ class EmulatorConfig:
     serverless: bool = True
     # False: a workspace whose "DBFS root and mounts" access is disabled.
     dbfs_root: bool = True
+    # What every task can import besides the standard library and what its run names (pip
+    # requirements; see task_libraries). The default is pyspark with what it needs.
+    runtime_libraries: list[str] = field(default_factory=lambda: list(RUNTIME_LIBRARIES))
 
 
 def load_cluster_config(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
@@ -133,6 +137,7 @@ class DatabricksEmulator:
             python=write_wrapper(str(self.root / "task-env"), str(PACKAGE_DIR), sys.executable),
             uc_root=self.root / "unity-catalog",
             catalogs=sorted({*config.catalogs, *self.volumes.catalogs()}),
+            site_folders=SiteFolders(self.root / "task-env" / "site", config.runtime_libraries),
             dbfs_enabled=config.dbfs_root,
         )
         self.connect_server = ConnectServer(self.task_host, self.root / "serverless")
@@ -210,17 +215,21 @@ class DatabricksEmulator:
         self,
         *,
         drop_submit_responses: int = 0,
+        unavailable_after_submit: int = 0,
         http_429: int = 0,
         http_503: int = 0,
         path_prefix: str | None = None,
-        retry_after_seconds: int = 1,
+        method: str | None = None,
+        retry_after_seconds: int | None = 1,
     ) -> None:
         """See :mod:`.faults`. Faults add up; ``clear_faults()`` removes pending ones."""
         self.faults.inject(
             drop_submit_responses=drop_submit_responses,
+            unavailable_after_submit=unavailable_after_submit,
             http_429=http_429,
             http_503=http_503,
             path_prefix=path_prefix,
+            method=method,
             retry_after_seconds=retry_after_seconds,
         )
 
@@ -293,9 +302,11 @@ class DatabricksEmulator:
     def admin_inject_faults(self, body: dict[str, Any]) -> dict[str, Any]:
         allowed = {
             "drop_submit_responses",
+            "unavailable_after_submit",
             "http_429",
             "http_503",
             "path_prefix",
+            "method",
             "retry_after_seconds",
         }
         unknown = set(body) - allowed

@@ -8,9 +8,10 @@ sends and answers raw bytes, so its routes are "raw" (see :mod:`.volumes`).
 ``/emulator/*`` is the emulator's own admin API, token-protected like the rest:
 
 * ``GET /emulator/stats`` -- counters (see :mod:`.stats`); ``POST /emulator/stats/reset``
-* ``POST /emulator/faults`` ``{"drop_submit_responses": n, "http_429": n, "http_503": n,
-  "path_prefix": "/api/...", "retry_after_seconds": s}`` -- see :mod:`.faults`;
-  ``GET /emulator/faults`` (pending), ``POST /emulator/faults/clear``
+* ``POST /emulator/faults`` ``{"drop_submit_responses": n, "unavailable_after_submit": n,
+  "http_429": n, "http_503": n, "path_prefix": "/api/...", "method": "GET",
+  "retry_after_seconds": s | null}`` -- see :mod:`.faults`; ``GET /emulator/faults`` (pending),
+  ``GET /emulator/faults/served``, ``POST /emulator/faults/clear``
 * ``POST /emulator/secrets`` ``{"scope", "key", "value"}`` (creates the scope if needed)
 * ``POST /emulator/clusters`` ``{"cluster_id", "spark_conf", "spark_env_vars", "running", ...}``
 * ``POST /emulator/volumes`` ``{"name": "catalog.schema.volume"}`` (creates a Unity Catalog
@@ -113,6 +114,12 @@ def build_routes(emu: DatabricksEmulator) -> list[Route]:
         Route("GET", r"/emulator/stats", "emulator/stats", lambda _q: emu.stats()),
         Route("POST", r"/emulator/stats/reset", "emulator/stats/reset", emu.admin_reset_stats),
         Route("GET", r"/emulator/faults", "emulator/faults", lambda _q: emu.faults.pending()),
+        Route(
+            "GET",
+            r"/emulator/faults/served",
+            "emulator/faults/served",
+            lambda _q: {"served": emu.faults.served()},
+        ),
         Route("POST", r"/emulator/faults", "emulator/faults", emu.admin_inject_faults),
         Route("POST", r"/emulator/faults/clear", "emulator/faults/clear", emu.admin_clear_faults),
         Route("POST", r"/emulator/secrets", "emulator/secrets", emu.admin_set_secret),
@@ -240,7 +247,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             route, params = self._route(method, path)
             emu.stats_recorder.api_call(route.name if route else "unknown")
             if path.startswith("/api/"):
-                fault = emu.faults.take_status_fault(path)
+                fault = emu.faults.take_status_fault(
+                    method, path, route.name if route else "unknown"
+                )
                 if fault is not None:
                     emu.stats_recorder.fault(f"http_{fault.status}")
                     raise fault
@@ -261,9 +270,14 @@ class RequestHandler(BaseHTTPRequestHandler):
             args = self._arguments(url.query, raw_body)
             args.update(params)
             result = route.handler(args)
-            if route.name == "jobs/runs/submit" and emu.faults.take_drop_submit_response():
-                emu.stats_recorder.fault("drop_submit_response")
-                raise _DropResponse
+            if route.name == "jobs/runs/submit":
+                if emu.faults.take_drop_submit_response():
+                    emu.stats_recorder.fault("drop_submit_response")
+                    raise _DropResponse
+                unavailable = emu.faults.take_unavailable_after_submit()
+                if unavailable is not None:
+                    emu.stats_recorder.fault("unavailable_after_submit")
+                    raise unavailable
             self._send_json(200, result)
         except _DropResponse:
             # The run exists; the client just never hears about it.

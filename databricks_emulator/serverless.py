@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .process import TaskProcess
-from .task_python import HIDDEN_PATHS_ENV
+from .task_python import HIDDEN_PATHS_ENV, SITE_ENV
 from .task_setup import LOG4J2_PROPERTIES, PACKAGE_ROOT, TaskHost, callers_only, cluster_spark_conf
 
 START_TIMEOUT_SECONDS = 180.0
@@ -83,6 +83,8 @@ class ConnectServer:
         )
         (conf_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         spark_home = Path(pyspark.__file__).resolve().parent
+        # The server's Python workers (UDFs) get the runtime's libraries, as tasks do.
+        runtime_site, _notes = self._host.site_folders.for_task([])
         env = {k: v for k, v in os.environ.items() if not callers_only(k)}
         env.update(
             {
@@ -92,6 +94,7 @@ class ConnectServer:
                 "SPARK_LOCAL_DIRS": str(self._dir / "spark-local"),
                 "PYSPARK_PYTHON": self._host.python,
                 HIDDEN_PATHS_ENV: str(PACKAGE_ROOT),
+                SITE_ENV: str(runtime_site),
                 "PYTHONPATH": "",
             }
         )

@@ -15,8 +15,10 @@ a small shell wrapper that starts the same interpreter with ``-s -S -P`` (no use
   only, so the emulator's bootstrap imports and nothing else of the repository does);
 * ``PYTHONPATH`` (the task's own entries: uploaded wheels, Spark's py4j/pyspark for workers),
   minus the hidden paths;
-* the interpreter's site-packages with their ``.pth`` files, except editable installs
-  (``__editable__*``: those are working trees) and lines naming a hidden path.
+* the task's site folder (``$DATABRICKS_EMULATOR_SITE``: its runtime's and its run's
+  libraries only, see :mod:`.task_libraries`) -- or, without one (a process the emulator did not
+  give one), the interpreter's site-packages; either with their ``.pth`` files, except editable
+  installs (``__editable__*``: those are working trees) and lines naming a hidden path.
 
 The hidden paths are ``$DATABRICKS_EMULATOR_HIDDEN_PATHS`` (the repository root).
 """
@@ -31,6 +33,7 @@ import site
 import sys
 
 HIDDEN_PATHS_ENV = "DATABRICKS_EMULATOR_HIDDEN_PATHS"
+SITE_ENV = "DATABRICKS_EMULATOR_SITE"
 # Interpreter flags Spark or users may pass that take no argument (ignored here: they are
 # either implied by the wrapper or harmless to drop).
 _FLAGS = {"-u", "-B", "-E", "-s", "-S", "-P", "-I", "-q", "-O", "-OO", "-b", "-d", "-v"}
@@ -88,7 +91,8 @@ def setup_sys_path() -> None:
     venv = os.path.dirname(exe_dir)
     if any(os.path.isfile(os.path.join(d, "pyvenv.cfg")) for d in (exe_dir, venv)):
         sys.prefix = sys.exec_prefix = venv
-    for sitedir in site.getsitepackages([sys.prefix]):
+    task_site = os.environ.get(SITE_ENV)
+    for sitedir in [task_site] if task_site else site.getsitepackages([sys.prefix]):
         _add_site_dir(sitedir, hidden)
 
 

@@ -8,6 +8,7 @@ Per task, under ``<root>/runs/<run_id>/<task_key>/``:
 * ``bootstrap.json`` -- what :mod:`.bootstrap` needs; ``secrets.json`` (0600, deleted by the task
   once read) -- the secret snapshot for ``dbutils.secrets``;
 * ``stdout.log`` / ``stderr.log`` -- the process output; ``error.json`` -- an uncaught exception;
+  ``imports.json`` -- the top-level modules the script imported, and from where;
 * ``work/`` -- the driver's working directory.
 """
 
@@ -25,7 +26,8 @@ from .paths import DbfsRoot
 from .process import TaskProcess
 from .sandbox import VOLUMES_MOUNT, TaskMounts
 from .secrets import SecretStore
-from .task_python import HIDDEN_PATHS_ENV
+from .task_libraries import SiteFolders, requirements_of
+from .task_python import HIDDEN_PATHS_ENV, SITE_ENV
 from .unity_catalog import CATALOG_CLASS, DISABLED_DBFS_CLASS, plugin_jar
 
 JVM_QUICK_START_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -49,6 +51,7 @@ class TaskHost:
     python: str  # the emulated cluster's interpreter (task_python's wrapper)
     uc_root: Path  # Unity Catalog storage: <uc_root>/<catalog>/<schema>/<table>
     catalogs: list[str]  # Unity Catalog catalogs (three-level names)
+    site_folders: SiteFolders  # the Python libraries each task sees (see task_libraries)
     dbfs_enabled: bool = True
 
 
@@ -136,17 +139,22 @@ def start_task_process(
     """Start the task; ``remote`` (``sc://...``) makes it a serverless task on Spark Connect."""
     dbfs, secrets, settings = host.dbfs, host.secrets, host.settings
     libraries = list(task.spec.get("libraries", []))
+    dependencies: list[str] = []
     if remote is not None:
-        # Serverless: wheels come from the environment's dependencies (pypi names are recorded).
+        # Serverless: libraries come from the environment's dependencies.
         env_key = task.spec.get("environment_key")
         for env in run.environments:
             if env.get("environment_key") == env_key:
-                libraries += [
-                    {"whl": dep}
-                    for dep in (env.get("spec") or {}).get("dependencies", [])
-                    if dep.endswith(".whl") and (dep.startswith("/") or dep.startswith("dbfs:"))
-                ]
+                dependencies = list((env.get("spec") or {}).get("dependencies", []))
+        libraries += [
+            {"whl": dep}
+            for dep in dependencies
+            if dep.endswith(".whl") and (dep.startswith("/") or dep.startswith("dbfs:"))
+        ]
     wheels = library_paths(libraries, host)
+    site_folder, library_notes = host.site_folders.for_task(
+        requirements_of(libraries, dependencies)
+    )
     task.dir.mkdir(parents=True, exist_ok=True)
     work_dir = task.dir / "work"
     work_dir.mkdir(exist_ok=True)
@@ -170,6 +178,8 @@ def start_task_process(
         "dbfs_root": str(dbfs.root),
         "volumes_root": str(host.volumes_root),
         "library_paths": wheels,
+        "library_notes": library_notes,
+        "imports_file": str(task.dir / "imports.json"),
         "secrets_file": str(secrets_file),
         "error_file": str(task.dir / "error.json"),
         "eager_spark": settings.eager_spark,
@@ -179,7 +189,7 @@ def start_task_process(
     spec_file.write_text(json.dumps(spec, indent=2))
     return TaskProcess(
         host.mounts.wrap([host.python, "-m", BOOTSTRAP_MODULE, str(spec_file)]),
-        env=task_env(run, task, host, conf_dir, wheels, remote),
+        env=task_env(run, task, host, conf_dir, wheels, site_folder, remote),
         cwd=work_dir,
         stdout=task.stdout_path,
         stderr=task.stderr_path,
@@ -205,6 +215,7 @@ def task_env(
     host: TaskHost,
     conf_dir: Path,
     wheels: list[str],
+    site_folder: Path,
     remote: str | None = None,
 ) -> dict[str, str]:
     # A cluster does not know the caller's credentials or Spark launcher settings,
@@ -226,6 +237,8 @@ def task_env(
         {
             "PYTHONPATH": os.pathsep.join(pythonpath),
             HIDDEN_PATHS_ENV: hidden,
+            # The task's libraries, instead of the server's site-packages (task_libraries).
+            SITE_ENV: str(site_folder),
             "PYTHONUNBUFFERED": "1",  # so get-output shows progress while the task runs
             "SPARK_CONF_DIR": str(conf_dir),
             "SPARK_LOCAL_IP": "127.0.0.1",

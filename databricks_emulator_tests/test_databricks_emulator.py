@@ -500,6 +500,72 @@ def test_throttling_and_unavailability_are_retried_by_the_sdk(
     assert json.loads(err.value.read())["error_code"] == "REQUEST_LIMIT_EXCEEDED"
 
 
+def raw_get(emu: DatabricksEmulator, path: str) -> urllib.error.HTTPError | None:
+    """GET ``path`` with plain urllib (no retries): the HTTP error answered, or None."""
+    request = urllib.request.Request(
+        f"{emu.host}{path}", headers={"Authorization": f"Bearer {emu.token}"}
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as err:
+        return err
+    return None
+
+
+def test_throttling_faults_are_shaped_and_targeted_as_databricks_answers(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
+    run, _ = wait_terminal(ws, submit(ws, "print('hi')"))
+    run_id = run.run_id
+    assert run.tasks and run.tasks[0].run_id is not None
+    task_run_id = run.tasks[0].run_id
+    # 503 without Retry-After; a prefix matches whole path segments (runs/get, not
+    # runs/get-output); a method restricts the fault to that method.
+    emu.inject_faults(http_503=1, path_prefix="/api/2.2/jobs/runs/get", retry_after_seconds=None)
+    emu.inject_faults(http_429=1, path_prefix="/api/2.0/dbfs", method="POST")
+    assert raw_get(emu, f"/api/2.2/jobs/runs/get-output?run_id={task_run_id}") is None
+    assert raw_get(emu, "/api/2.0/dbfs/get-status?path=/") is None
+    err = raw_get(emu, f"/api/2.2/jobs/runs/get?run_id={run_id}")
+    assert err is not None and err.code == 503 and "Retry-After" not in err.headers
+    assert json.loads(err.read()) == {
+        "error_code": "TEMPORARILY_UNAVAILABLE",
+        "message": "The service is temporarily unavailable. Please try again later.",
+    }
+    assert emu.faults.pending()["http_429"] == 1  # still waiting for a POST under dbfs
+    post = urllib.request.Request(
+        f"{emu.host}/api/2.0/dbfs/mkdirs",
+        data=b'{"path": "/x"}',
+        headers={"Authorization": f"Bearer {emu.token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as posted:
+        urllib.request.urlopen(post, timeout=10)
+    assert posted.value.code == 429 and posted.value.headers["Retry-After"] == "1"
+    assert json.loads(posted.value.read())["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    served = emu.faults.served()
+    assert [(f["call"], f["method"], f["status"], f["retry_after"]) for f in served] == [
+        ("jobs/runs/get", "GET", 503, None),
+        ("dbfs/mkdirs", "POST", 429, 1),
+    ]
+
+
+def test_a_submit_answered_503_after_its_work_is_replayed_by_its_token(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
+    """A gateway that answers 503 after the service started the run: the SDK retries the
+    POST; the idempotency token makes the retry return that run, not start a second."""
+    emu.inject_faults(unavailable_after_submit=1)
+    run_id = submit(ws, "print('once')", idempotency_token="after-work-503")
+    wait_terminal(ws, run_id)
+    stats = emu.stats()
+    assert stats["faults_injected"] == {"unavailable_after_submit": 1}
+    assert stats["api_calls"]["jobs/runs/submit"] == 2
+    assert (stats["runs_submitted"], stats["idempotent_replays"], stats["runs_started"]) == (
+        1,
+        1,
+        1,
+    )
+
+
 def test_admin_rest_api(emu: DatabricksEmulator, ws: WorkspaceClient) -> None:
     def admin(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         request = urllib.request.Request(

@@ -2,51 +2,22 @@
 
 The launcher zips ``local_dagster_job_package_path`` (this test folder), uploads it with the
 pickled step to DBFS, submits a ``spark_python_task`` running ``databricks_step_main.py`` and
-polls the run and the events file. The remote side rebuilds the job from the zip: the job is
-pointed at by *file* so that dagster rewrites it to the module name relative to the zipped
-folder (``test_databricks_emulator_step_launcher``), which proves the zip is what gets imported.
-
-This module is imported on the "cluster" too, so keep its top level light.
+polls the run and the events file. The remote side rebuilds the job from the zip: the job
+(emulator_step_job.py) is pointed at by *file* so that dagster rewrites it to the module name
+relative to the zipped folder (``emulator_step_job``), which proves the zip is what gets
+imported. The "cluster" has the launcher's default libraries (dagster, dagster-databricks,
+dagster-pyspark, databricks-sdk) and pyspark, nothing else.
 """
 
-# No `from __future__ import annotations`: dagster inspects the `context` annotation at runtime.
-
-import os
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster_databricks import databricks_pyspark_step_launcher
 
 from databricks_emulator import run_emulator
-
-JOB_NAME = "emulator_e2e_job"
-SECRET_SCOPE, SECRET_KEY, SECRET_VALUE = "e2e", "api_key", "s3cr3t-value"
-
-
-@dg.asset(required_resource_keys={"pyspark_step_launcher"})
-def emulator_spark_count(context: dg.AssetExecutionContext) -> None:
-    from pyspark.sql import SparkSession
-
-    count = SparkSession.builder.getOrCreate().range(10).count()
-    # secrets_to_env_variables: the launcher's remote setup(dbutils, sc) exported this secret.
-    secret_ok = os.environ.get("EMU_E2E_SECRET") == SECRET_VALUE
-    print(
-        f"EMULATOR_E2E_COUNT={count} secret_ok={secret_ok} on={os.environ.get('DATABRICKS_EMULATOR')}"
-    )
-    context.add_output_metadata({"count": count})
-
-
-defs = dg.Definitions(
-    assets=[emulator_spark_count],
-    jobs=[dg.define_asset_job(JOB_NAME, executor_def=dg.in_process_executor)],
-    resources={"pyspark_step_launcher": databricks_pyspark_step_launcher},
-)
-
-
-def define_job() -> dg.JobDefinition:
-    return defs.resolve_job_def(JOB_NAME)
+from databricks_emulator_tests import emulator_step_job
+from databricks_emulator_tests.emulator_step_job import SECRET_KEY, SECRET_SCOPE, SECRET_VALUE
 
 
 @pytest.mark.slow
@@ -69,7 +40,7 @@ def test_step_launcher_materializes_asset_on_emulator(tmp_path: Path) -> None:
                 "cluster": {"existing": "e2e-cluster"},
             },
         }
-        recon_job = ReconstructableJob.for_file(__file__, "define_job")
+        recon_job = ReconstructableJob.for_file(emulator_step_job.__file__, "define_job")
         with dg.instance_for_test() as instance:
             result = dg.execute_job(
                 recon_job,

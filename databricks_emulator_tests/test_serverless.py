@@ -14,10 +14,13 @@ from databricks.sdk.service import jobs
 from databricks_emulator import run_emulator
 from databricks_emulator_tests.test_databricks_emulator import upload_script, wait_terminal
 
-ENVIRONMENTS = [{"environment_key": "default", "spec": {"client": "3", "dependencies": []}}]
+ENVIRONMENTS = [{"environment_key": "default", "spec": {"client": "3", "dependencies": ["pyyaml"]}}]
 
 SERVERLESS_TASK = """
+import importlib.util
 import os
+# The environment's dependencies, and nothing the emulator's own environment has besides.
+print("importable:", [n for n in ("yaml", "pydantic", "dagster") if importlib.util.find_spec(n)])
 from pyspark.sql import SparkSession
 print("connect:", SparkSession.builder.getOrCreate().__class__.__module__)
 try:
@@ -65,6 +68,7 @@ def test_serverless_task_runs_on_spark_connect(tmp_path: Path) -> None:
         assert run.state.result_state == jobs.RunResultState.SUCCESS, output.error_trace
         logs = output.logs or ""
         assert "connect: pyspark.sql.connect.session" in logs
+        assert "importable: ['yaml']" in logs, logs
         # What pyspark raises for sparkContext on a Connect session, as on Databricks serverless.
         assert "sparkContext: PySparkAttributeError JVM_ATTRIBUTE_NOT_SUPPORTED" in logs, logs
         assert "uc: 3" in logs and "volume: 2" in logs and "dbutils: hi" in logs

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +120,60 @@ def test_a_task_imports_only_what_the_run_uploaded(ws: WorkspaceClient, tmp_path
     assert run.state is not None and run.state.state_message is not None
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.INTERNAL_ERROR
     assert "Library installation failed" in run.state.state_message
+
+
+LIBRARY_PROBE = """
+import importlib.util
+import json
+from importlib import metadata
+names = ["pyspark", "py4j", "pandas", "yaml", "pydantic", "pydantic_core", "dagster",
+         "dagster_pipes", "databricks", "requests", "pytest"]
+print("IMPORTABLE:", sorted(n for n in names if importlib.util.find_spec(n)))
+print("DISTRIBUTIONS:", json.dumps(sorted(d.metadata["Name"].lower().replace("_", "-") for d in metadata.distributions())))
+if USE_SPARK:
+    import importlib.util as u
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+    seen = F.udf(lambda _: ",".join(n for n in ("yaml", "dagster") if u.find_spec(n)), StringType())
+    print("WORKER:", spark.range(1).select(seen("id")).first()[0])
+"""
+
+
+def distributions(logs: str) -> set[str]:
+    line = next(x for x in logs.splitlines() if x.startswith("DISTRIBUTIONS:"))
+    return set(json.loads(line.split(":", 1)[1]))
+
+
+def test_a_task_imports_only_its_runtime_and_the_libraries_its_run_names(
+    emu: DatabricksEmulator, ws: WorkspaceClient
+) -> None:
+    """The emulator's own environment has Dagster, the SDK, pytest...; a cluster has its
+    runtime (here pyspark and what it needs) and what the run installs, nothing else."""
+    # No libraries: the runtime only.
+    logs = run_ok(ws, submit(ws, "USE_SPARK = False\n" + LIBRARY_PROBE))
+    assert "IMPORTABLE: ['pandas', 'py4j', 'pyspark']" in logs, logs
+    runtime = distributions(logs)
+    assert {"pyspark", "py4j", "pandas", "pyarrow", "grpcio"} <= runtime
+    assert not {"dagster", "pydantic", "pyyaml", "databricks-sdk", "pytest"} & runtime, runtime
+    imported = json.loads(next((emu.root / "runs").rglob("imports.json")).read_text())
+    # What the script imported, recorded by the task: the standard library only here.
+    assert imported and set(imported) <= sys.stdlib_module_names, imported
+
+    # PyPI libraries come with their dependencies, as pip installs them; the Spark Python
+    # workers see the same; a library the emulator lacks is named on the task's stderr.
+    libraries = [
+        {"pypi": {"package": "pydantic>=2,<3"}},
+        {"pypi": {"package": "pyyaml"}},
+        {"pypi": {"package": "no-such-library-here==1.0"}},
+    ]
+    run_id = submit(ws, "USE_SPARK = True\n" + LIBRARY_PROBE, libraries=libraries)
+    logs = run_ok(ws, run_id)
+    assert "IMPORTABLE: ['pandas', 'py4j', 'pydantic', 'pydantic_core', 'pyspark', 'yaml']" in logs
+    assert {"pydantic", "pydantic-core", "annotated-types", "pyyaml"} <= distributions(logs)
+    assert "dagster" not in distributions(logs)
+    assert "WORKER: yaml" in logs, logs
+    stderr = next(iter(emu.run_page(run_id)["task_logs"].values()))["stderr_tail"]
+    assert "[emulator] library: no-such-library-here==1.0" in stderr, stderr
 
 
 @needs_mounts

@@ -1,87 +1,28 @@
-"""The code location: one asset, one sensor, resources chosen per target.
+"""This repository's code location (workspace.yaml, `dagster dev`, `dg`): the
+`defs/` folder, where `defs/bronze/defs.yaml` configures the BronzeFanout
+component (component/bronze_fanout.py).
 
-The target is picked here and only here (`FANOUT_TARGET`, see settings.py):
-- `local` (default): each run attaches to the local Spark Connect server
-  (`FANOUT_SPARK=connect`, started by `make dev`) or starts an embedded Spark
-  (`FANOUT_SPARK=embedded`); bronze Delta tables `bronze.<table>` under
-  warehouse/; no credentials;
-- `databricks`: each step's objects load in a Databricks run, by one of two
-  launch modes (`FANOUT_DATABRICKS_LAUNCH`, resources/databricks.py): the
-  dagster-databricks step launcher (the whole step on the cluster, staged on
-  DBFS) or Dagster Pipes (a job run on a cluster or serverless compute,
-  staged on a Unity Catalog volume, objects reported back as they finish).
+On a Databricks cluster, the step launcher's remote side imports this module
+from the code bundle (the package and the configs, no pyproject.toml, so no
+defs folder to discover) and rebuilds the same definitions from the settings
+the launching side passed in its environment (databricks/submission.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
-from dagster import Definitions, ResourceDefinition, in_process_executor
+from dagster import Definitions, definitions, load_from_defs_folder
 
-from fanout_dagster.assets.bronze import build_bronze_asset
-from fanout_dagster.resources.bronze_tables import BronzeTables
-from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.resources.object_loader import LocalObjectLoader
-from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource, SparkResource
-from fanout_dagster.sensors import build_object_sensor
-from fanout_dagster.settings import Settings
+# Kept importable from here for scripts and tests that build definitions from settings.
+from fanout_dagster.component.build import build_definitions, local_resources
+from fanout_dagster.settings import Settings, on_remote_step
+
+__all__ = ["build_definitions", "defs", "local_resources"]
 
 
-def local_spark(settings: Settings) -> SparkResource:
-    """Runs attach to the warm local Spark Connect server, or start a Spark of their own."""
-    if settings.spark == "connect":
-        return SparkConnectResource(port=settings.spark_connect_port)
-    return LocalSparkResource(master=settings.spark_master, warehouse_dir=settings.spark_warehouse)
-
-
-def local_resources(settings: Settings) -> dict[str, Any]:
-    spark = local_spark(settings)
-    bronze_tables = BronzeTables(schema_name=settings.bronze_schema, local_catalog=True)
-    object_configs = ObjectConfigs.from_settings(settings)
-    return {
-        "spark": spark,
-        "bronze_tables": bronze_tables,
-        "object_configs": object_configs,
-        # Objects load in the run's own process, on its SparkSession.
-        "object_loader": LocalObjectLoader(
-            spark=spark, bronze_tables=bronze_tables, object_configs=object_configs
-        ),
-        # No step launcher: the step runs in the run's own process.
-        "pyspark_step_launcher": ResourceDefinition.none_resource(),
-    }
-
-
-def databricks_resources(settings: Settings) -> dict[str, Any]:
-    from fanout_dagster.resources.databricks import databricks_target_resources
-
-    return databricks_target_resources(settings)
-
-
-def build_definitions(settings: Settings | None = None) -> Definitions:
-    settings = settings or Settings()
-    # Packing: how many objects one run takes from a backfill, and how many of
-    # them load at once. Small objects want big packs (Spark start-up paid once);
-    # large objects want 1 (see README, "Packing").
-    bronze = build_bronze_asset(
-        objects_per_run=settings.objects_per_run, threads_per_run=settings.threads_per_run
-    )
-    sensor = build_object_sensor(
-        objects_per_run=settings.objects_per_run, max_runs_per_tick=settings.max_runs_per_tick
-    )
-    if settings.target == "local":
-        resources = local_resources(settings)
-    else:
-        resources = databricks_resources(settings)
-    return Definitions(
-        assets=[bronze],
-        sensors=[sensor],
-        resources=resources,
-        # A bronze run has one step. The default multiprocess executor would
-        # start a second Python process (and import Dagster and this code
-        # again) to run it: seconds of CPU per run for nothing. The step
-        # launcher works the same under either executor.
-        executor=in_process_executor,
-    )
-
-
-defs = build_definitions()
+@definitions
+def defs() -> Definitions:
+    if on_remote_step():
+        return build_definitions(Settings())
+    return load_from_defs_folder(path_within_project=Path(__file__).parent)

@@ -15,12 +15,13 @@ or DATABRICKS_CONFIG_PROFILE), so that they stay out of every file and event.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FANOUT_"
@@ -76,12 +77,17 @@ class Settings(BaseSettings):
         description="Local Spark: `connect` attaches each run to the local Spark Connect server "
         "(`make dev` starts it); `embedded` starts a Spark in each run's process.",
     )
+    spark_connect_host: str = Field(
+        "127.0.0.1",
+        description="Host of the Spark Connect server runs attach to (`connect`); the local "
+        "server `make dev` starts listens on 127.0.0.1.",
+    )
     spark_connect_port: int = Field(
-        15002, description="Port of the local Spark Connect server (on 127.0.0.1)."
+        15002, description="Port of the Spark Connect server (the local one listens on it)."
     )
     spark_ui_port: int = Field(4040, description="Port of the local Spark Connect server's UI.")
     # A secret: SecretStr keeps it out of reprs, and no validator here echoes it
-    # (pydantic's errors quote the input); spark_connect_server.py checks its form.
+    # (pydantic's errors quote the input); local_spark/connect_server.py checks its form.
     spark_connect_token: SecretStr | None = Field(
         None,
         description="Token the local Spark Connect server requires of every client (at least 32 "
@@ -180,7 +186,7 @@ class Settings(BaseSettings):
 
     @property
     def spark_connect_url(self) -> str:
-        return f"sc://127.0.0.1:{self.spark_connect_port}"
+        return f"sc://{self.spark_connect_host}:{self.spark_connect_port}"
 
     @property
     def configs_path(self) -> str:
@@ -195,6 +201,16 @@ class Settings(BaseSettings):
         return project_path(self.clusters_file)
 
 
+def on_remote_step() -> bool:
+    """`remote_step` alone: whether this process is the Databricks side of a step.
+
+    Read apart from the other settings, so that a wrong one is reported by
+    whatever uses it (the component names its attribute or variable).
+    """
+    value = os.environ.get(Settings.env_name("remote_step"))
+    return value is not None and TypeAdapter(bool).validate_python(value)
+
+
 def settings_table() -> str:
     """The docs table of every setting, generated from `Settings`."""
     lines = [
@@ -203,6 +219,9 @@ def settings_table() -> str:
         "Generated from `fanout_dagster/settings.py` by "
         "`python -m fanout_dagster.settings > docs/settings.md`; a test keeps it current.",
         "Relative paths resolve from the project root.",
+        "Most are also attributes of the `fanout_dagster.BronzeFanout` component, named "
+        "without the prefix ([component.md](component.md) lists them); an attribute set in "
+        "defs.yaml wins over its variable.",
         "",
         "| variable | default | meaning |",
         "|---|---|---|",

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import pytest
 from dagster import instance_for_test
 from pyspark.sql import SparkSession
 
-from fanout_dagster.resources.spark import LocalSparkResource, SparkConnectResource
-from fanout_dagster.spark_connect_server import ServerConfig, running_server
+from fanout_dagster.local_spark.connect_server import ServerConfig, running_server
+from fanout_dagster.orchestration.resources.spark import LocalSparkResource, SparkConnectResource
 from fanout_dagster_tests.helpers import (
     CONNECT_MODE_FLAG,
     SAMPLE_CONFIGS,
@@ -51,8 +53,30 @@ def spark_resource(spark_server) -> SparkConnectResource:
 def spark(spark_server) -> Iterator[SparkSession]:
     """The test's own Connect session on the shared server (runs open theirs)."""
     session = SparkSession.builder.remote(spark_server.url).create()
-    yield session
+    with kept_alive(session):
+        yield session
     session.stop()
+
+
+@contextmanager
+def kept_alive(session: SparkSession, every_s: float = 60.0) -> Iterator[None]:
+    """Touch the session every minute: the server closes a session left idle for
+    15 minutes (spark_connect_server.py), and a parallel worker may run end-to-end
+    tests that do not use it for longer than that (SESSION_CLOSED afterwards)."""
+    stop = threading.Event()
+
+    def touch() -> None:
+        while not stop.wait(every_s):
+            with suppress(Exception):  # a test may have stopped the server: its own check
+                session.conf.get("spark.sql.session.timeZone")
+
+    thread = threading.Thread(target=touch, name="spark-session-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,12 @@ from urllib.parse import unquote, urlparse
 import yaml
 from dagster import ResourceDefinition
 
-from fanout_dagster.objects import ObjectConfig, load_objects
-from fanout_dagster.resources.bronze_tables import BronzeTables
-from fanout_dagster.resources.object_configs import ObjectConfigs
-from fanout_dagster.resources.object_loader import LocalObjectLoader
-from fanout_dagster.resources.spark import SparkResource
-from fanout_dagster.spark_connect_server import ServerConfig
+from fanout_dagster.core.objects import ObjectConfig, load_objects
+from fanout_dagster.local_spark.connect_server import ServerConfig
+from fanout_dagster.orchestration.resources.bronze_tables import BronzeTables
+from fanout_dagster.orchestration.resources.object_configs import ObjectConfigs
+from fanout_dagster.orchestration.resources.object_loader import LocalObjectLoader
+from fanout_dagster.orchestration.resources.spark import SparkResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIGS = REPO_ROOT / "configs"

@@ -14,8 +14,8 @@ from dagster import DagsterInstance
 from dagster._core.instance.config import dagster_instance_config
 from dagster_postgres import PostgresRunStorage
 
-from fanout_dagster.run_coordinator import ClusterTaggingRunCoordinator
-from fanout_dagster.run_launcher import WarmRunLauncher
+from fanout_dagster.single_host.run_coordinator import ClusterTaggingRunCoordinator
+from fanout_dagster.single_host.run_launcher import WarmRunLauncher
 from fanout_dagster_tests.helpers import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -160,7 +160,7 @@ def test_the_webserver_listens_on_loopback_behind_an_authenticating_proxy():
     assert (server["host"], str(server["port"])) == ("127.0.0.1", option(code_server, "-p"))
     for name in ("webserver", "daemon"):
         assert option(exec_start(name), "-w") == "/opt/fanout_dagster/deploy/workspace.yaml"
-    assert exec_start("spark")[-2:] == ["-m", "fanout_dagster.spark_connect_server"]
+    assert exec_start("spark")[-2:] == ["-m", "fanout_dagster.local_spark.connect_server"]
 
     site = (DEPLOY / "nginx" / "fanout-dagster.conf").read_text()
     assert re.search(r"^\s*auth_basic\s+\"", site, re.MULTILINE)

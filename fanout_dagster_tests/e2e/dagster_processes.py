@@ -20,7 +20,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
-from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.helpers import CONNECT_MODE_FLAG, REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent

@@ -8,14 +8,15 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from databricks_emulator import run_emulator
-from fanout_dagster.objects import load_objects
-from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.tags import CLUSTER_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     dagster_daemon,
@@ -32,12 +33,21 @@ from fanout_dagster_tests.helpers import (
 
 pytestmark = pytest.mark.slow
 
+LAUNCH_MODE = "FANOUT_DATABRICKS_LAUNCH"
+
 BRONZE = AssetKey("bronze")
 
 
 UC_SCHEMA = "main.bronze"
 LANDING_VOLUME = "main.raw.landing"  # sources, when the data root is a volume
 OPS_VOLUME = "main.ops.fanout"  # the Pipes mode's staging
+# The step launcher's cluster needs Dagster's libraries and this package's own dependencies
+# (the emulator's clusters have pyspark only, as a runtime without them would): attached to
+# each run, as docs/databricks.md says.
+STEP_LAUNCHER_LIBRARIES = {
+    "FANOUT_INSTALL_DEFAULT_LIBRARIES": "1",
+    "FANOUT_CLUSTER_LIBRARIES": f"pydantic-settings=={version('pydantic-settings')}",
+}
 
 
 @contextmanager
@@ -91,6 +101,7 @@ def databricks_deployment(
             "DATABRICKS_HOST": emu.host,
             "DATABRICKS_TOKEN": emu.token,
             "TMPDIR": str(run_tmp),
+            **(STEP_LAUNCHER_LIBRARIES if (env or {}).get(LAUNCH_MODE) != "pipes" else {}),
             **(env or {}),
         }
         with (

@@ -14,6 +14,8 @@ terminates a run.
 
 from __future__ import annotations
 
+import json
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -22,8 +24,8 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     describe_runs,
@@ -69,12 +71,47 @@ PLACEMENT = {
 }
 
 
-def place_objects(project, placement: dict[str, str]) -> None:
+# What the remote side may import besides the standard library and the bundle: the
+# compute's pyspark (with what it needs) and what each run installs (dagster-pipes, and the
+# libraries this package needs, given as FANOUT_CLUSTER_LIBRARIES: the emulator's runtime has
+# no pydantic or pyyaml). The packages, as the task's site folder holds them.
+REMOTE_PACKAGES = {
+    "dagster_pipes",
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+    "yaml",
+    "_yaml",
+    "pyspark",
+    "py4j",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "grpc",
+    "grpc_status",
+    "google",
+    "zstandard",
+    "dateutil",
+    "six",
+}
+CLUSTER_LIBRARIES = "pydantic>=2,<3 pyyaml"
+# Once a year: a schedule the objects carry (validated on both sides) that never fires here.
+YEARLY = "0 0 1 1 *"
+
+
+def place_objects(
+    project, placement: dict[str, str], schedules: dict[str, str] | None = None
+) -> None:
     keep_objects(project, sorted(placement))
     path = project.configs / "objects.yaml"
     entries = yaml.safe_load(path.read_text())
     for entry in entries:
-        entry["cluster"] = placement[f"{entry['code']}-{entry['name']}"]
+        key = f"{entry['code']}-{entry['name']}"
+        entry["cluster"] = placement[key]
+        if key in (schedules or {}):
+            entry["schedule"] = (schedules or {})[key]
     path.write_text(yaml.safe_dump(entries, sort_keys=False))
 
 
@@ -85,7 +122,28 @@ def pipes_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "FANOUT_DATABRICKS_LAUNCH": "pipes",
         "FANOUT_DATABRICKS_VOLUME": VOLUME,
         "FANOUT_CLUSTERS_FILE": str(clusters),
+        "FANOUT_CLUSTER_LIBRARIES": CLUSTER_LIBRARIES,
         **extra,
+    }
+
+
+def import_source(where: str | None) -> str | None:
+    """Where an imported module came from: `stdlib`, `bundle`, the package folder of the
+    task's site folder it lies in, or None for anywhere else (a file the compute lacks)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    if where is None or where.startswith(stdlib):
+        return "stdlib"  # builtins, compiled modules' runtime entries, the standard library
+    if "/fanout_bundle_" in where:
+        return "bundle"
+    before, site, after = where.partition("/task-env/site/")
+    return after.split("/")[1].partition(".")[0] if site else None  # a package or module
+
+
+def remote_imports(emu) -> dict[str, dict[str, str | None]]:
+    """Per Databricks task folder: the top-level modules its script imported, and from where."""
+    return {
+        str(path.parent.relative_to(emu.root)): json.loads(path.read_text())
+        for path in (emu.root / "runs").rglob("imports.json")
     }
 
 
@@ -94,8 +152,10 @@ def volume_files(emu) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
+@pytest.mark.duration(150)
 def test_pipes_runs_on_every_kind_of_compute_with_per_object_outcomes(project, tmp_path, spark):
-    place_objects(project, PLACEMENT)
+    # A schedule on one object: every run's remote side validates the whole configs folder.
+    place_objects(project, PLACEMENT, schedules={"erp-customers": YEARLY})
     (project.data / "erp/suppliers/suppliers.csv").unlink()  # fails remotely, alone
     objects = load_objects(project.configs).by_key()
 
@@ -237,6 +297,18 @@ def test_pipes_runs_on_every_kind_of_compute_with_per_object_outcomes(project, t
         assert not token_seen_in, token_seen_in
         # Staging and Pipes folders on the volume are gone.
         assert volume_files(emu) == []
+
+        # The remote side imported nothing but the standard library, the compute's pyspark,
+        # what the run installed and the bundle (no Dagster: the compute has none).
+        imports = remote_imports(emu)
+        assert len(imports) == 3, imports
+        for task, modules in imports.items():
+            sources = {name: import_source(where) for name, where in modules.items()}
+            foreign = {name: modules[name] for name, source in sources.items() if not source}
+            assert not foreign, (task, foreign)
+            assert set(sources.values()) - {"stdlib", "bundle"} <= REMOTE_PACKAGES, sources
+            assert "dagster" not in modules, (task, modules)
+            assert "/fanout_bundle_" in str(modules["fanout_dagster"]), modules  # the bundle
 
         # The data, in main.bronze, read from the sources on the volume.
         for key in set(PLACEMENT) - {"erp-suppliers"}:

@@ -3,7 +3,8 @@ step launcher against the Databricks emulator. Nothing is mocked.
 
 1. The Dagster daemon (alone, or its whole process group) is SIGKILLed in the
    middle of a UI backfill and restarted.
-2. A run worker is SIGKILLed: its run is failed within two minutes and retried.
+2. A run worker is SIGKILLed: its run is failed within two minutes and retried;
+   killed in the middle of a Delta write, that write never commits.
 3. The Databricks API answers 429 and 503 for a while.
 4. A remote run dies at the cluster level (its driver process group is killed).
 5. A Dagster run is terminated while its Databricks run is RUNNING.
@@ -18,11 +19,13 @@ are faults of the Databricks side, on the default SQLite storage.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,9 +33,10 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
+from databricks_emulator.faults import path_under
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.tags import OBJECTS_TAG, RETRIES_TAG, RETRY_STRATEGY_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     dagster_daemon,
@@ -97,6 +101,7 @@ def kill_leftover_group(pgid: int) -> None:
     ("kill_scope", "storage"),
     [("daemon_process", "sqlite"), ("process_group", "sqlite"), ("process_group", "postgres")],
 )
+@pytest.mark.duration(150)
 def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exactly_once(
     project, tmp_path, spark, kill_scope, dagster_storage
 ):
@@ -120,7 +125,7 @@ def test_a_daemon_killed_mid_backfill_and_restarted_completes_the_backfill_exact
     """
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from fanout_dagster.placement import record_clusters
+    from fanout_dagster.orchestration.placement import record_clusters
     from fanout_dagster_tests.e2e.test_packed_backfill import wait_backfill
     from fanout_dagster_tests.e2e.webserver import (
         backfill_status,
@@ -392,6 +397,129 @@ def test_a_run_whose_worker_is_killed_is_failed_within_two_minutes_and_retried(
     print(f"\nworker {pid} killed; run failed {detected:.1f} s later; retried by {retry.run_id}")
 
 
+def killed_run_commits(table_dir: Path, run_id: str) -> list[int]:
+    """Versions of a Delta table committed by this run (its commits' userMetadata)."""
+    versions = []
+    for commit in sorted((table_dir / "_delta_log").glob("*.json")):
+        for line in commit.read_text().splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info and run_id in (info.get("userMetadata") or ""):
+                versions.append(int(commit.stem))
+    return versions
+
+
+def running_jobs(server, tag: str) -> list[dict]:
+    """The Spark jobs running on the Connect server for operations that carry `tag`."""
+    from fanout_dagster_tests.e2e.test_cancel import server_jobs
+
+    return [
+        job
+        for job in server_jobs(server)
+        if job["status"] == "RUNNING" and any(tag in t for t in job.get("jobTags", []))
+    ]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_write_leaves_no_commit_once_its_run_is_failed(project, tmp_path):
+    """SIGKILL of a run worker while its Delta write runs on the Spark Connect
+    server. The server does not stop an operation whose client went away: until
+    issue 20 the write committed there after the run had been failed and its
+    object freed for the next run (seconds later). Now run monitoring stops the
+    run's session on the server (interrupts its operations and waits until they
+    have ended) before it fails the run: once the run is failed, nothing of it
+    runs on the server and it committed nothing; the retry loads the object once."""
+    from fanout_dagster.core.connect_sessions import run_session_id, stop_session
+    from fanout_dagster.single_host.worker_identity import read_record
+    from fanout_dagster_tests.e2e.test_cancel import add_big_object
+
+    for path in project.configs.glob("*.yaml"):  # the big object alone
+        path.unlink()
+    key = add_big_object(project)
+    config = project.configs / "big.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "retries": 1}))
+    server = project.spark_server
+    home = write_dagster_home(tmp_path / "dagster_home", max_concurrent_runs=1)
+    instance_config = yaml.safe_load((home / "dagster.yaml").read_text())
+    # Checked every second: the write (tens of seconds) is still running when
+    # the check finds its worker gone (asserted below, from the check's message).
+    instance_config["run_monitoring"]["poll_interval_seconds"] = 1
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    log = tmp_path / "daemon.log"
+    table_dir = project.process_table("big_events")
+
+    def logs() -> str:
+        return "\n--- daemon.log (tail)\n" + log.read_text(errors="replace")[-4000:]
+
+    with (
+        DagsterInstance.from_config(str(home)) as instance,
+        dagster_daemon(home, project.env(), log),
+    ):
+        run = wait_for(
+            lambda: next(
+                (r for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED), None
+            ),
+            300,
+            "the sensor's run to start",
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        assert run is not None  # wait_for returns a truthy value
+        run_tag = f"fanout-run-{run.run_id}"
+        wait_for(
+            lambda: any(
+                "write_operation" in job.get("description", "")
+                for job in running_jobs(server, run_tag)
+            ),
+            300,
+            "the object's Delta write to run on the server",
+            interval=0.2,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        record = read_record(instance, run.run_id)
+        assert record is not None
+        os.kill(record.pid, signal.SIGKILL)
+
+        wait_for(
+            lambda: run_status(instance, run.run_id) == DagsterRunStatus.FAILURE,
+            120,
+            "run monitoring to fail the run whose worker was killed",
+            interval=0.2,
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        # When it was failed, nothing of it ran on the server any more: its
+        # session was stopped and released (an orphaned write would still be
+        # running: stopping the session now would find it).
+        assert stop_session(server.address, run_session_id(run.run_id), token=server.token) == 0, (
+            logs()
+        )
+        wait_for(
+            lambda: not running_jobs(server, run_tag),
+            120,
+            "the UI's job list to show the failed run's jobs ended",
+            interval=0.2,
+        )
+        assert killed_run_commits(table_dir, run.run_id) == [], logs()
+        messages = run_messages(instance, run.run_id)
+        assert f"run worker process {record.pid} is gone" in messages, messages
+        assert "Spark operation(s) still running on" in messages, messages  # stopped mid-write
+
+        [retry] = wait_for(
+            lambda: [
+                r
+                for r in instance.get_runs()
+                if r.tags.get(PARENT_RUN_ID_TAG) == run.run_id and r.status in FINISHED_STATUSES
+            ],
+            600,
+            "the retry to finish",
+            on_timeout=lambda: describe_runs(instance) + logs(),
+        )
+        assert retry.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + logs()
+        assert instance.get_materialized_partitions(BRONZE) == {key}
+    # The killed run never committed, not even later; the retry did, once.
+    assert killed_run_commits(table_dir, run.run_id) == []
+    assert len(killed_run_commits(table_dir, retry.run_id)) == 1
+    print(f"\nworker {record.pid} killed mid-write; {messages.splitlines()[-1][:300]}")
+
+
 # --------------------------------------------------------------------------- Databricks target helpers
 
 
@@ -471,55 +599,102 @@ def the_dagster_run(instance, timeout: float):
 
 # --------------------------------------------------------------------------- 3. 429 / 503
 
+# Every call kind each launch mode makes, as (HTTP method, path prefix): the step launcher
+# stages on DBFS, submits, polls the run and its events file, and removes its staging; Pipes
+# stages on a volume, submits, polls, reads the Pipes messages and the run's output, cleans up.
+THROTTLED_CALLS = {
+    "step_launcher": [
+        ("POST", "/api/2.0/dbfs/create"),
+        ("POST", "/api/2.0/dbfs/add-block"),
+        ("POST", "/api/2.0/dbfs/close"),
+        ("POST", "/api/2.2/jobs/runs/submit"),
+        ("GET", "/api/2.2/jobs/runs/get"),
+        ("GET", "/api/2.0/dbfs/read"),
+        ("GET", "/api/2.0/dbfs/get-status"),
+        ("POST", "/api/2.0/dbfs/delete"),
+        ("GET", "/api/2.0/dbfs/list"),
+    ],
+    "pipes": [
+        ("PUT", "/api/2.0/fs/directories"),
+        ("PUT", "/api/2.0/fs/files"),
+        ("POST", "/api/2.2/jobs/runs/submit"),
+        ("GET", "/api/2.2/jobs/runs/get"),
+        ("GET", "/api/2.0/fs/files"),
+        ("GET", "/api/2.2/jobs/runs/get-output"),
+        ("GET", "/api/2.0/fs/directories"),
+        ("DELETE", "/api/2.0/fs/files"),
+        ("DELETE", "/api/2.0/fs/directories"),
+    ],
+}
+
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launch", ["step_launcher", "pipes"])
 def test_throttling_and_unavailability_of_the_databricks_api_are_ridden_out(
-    project, tmp_path, spark
+    project, tmp_path, spark, launch
 ):
-    """3 x 429 on runs/get while the run is going, 3 x 503 on DBFS while the
-    step stages its files: the SDK's retries absorb them, the run succeeds,
-    one Databricks run does the work once."""
-    key, table = "erp-stores", "erp_stores"
+    """Every call kind of the launch mode is refused twice before it is served: a 429
+    (with Retry-After on half of them, without on the others) and a 503; and the submit is
+    answered 503 after Databricks had started the run. The run succeeds, one Databricks run
+    does the work, once: an append table holds each source file's rows once."""
+    from fanout_dagster_tests.e2e.test_databricks_pipes import pipes_env
+
+    key, table = "erp-payments", "erp_payments"  # append: a second load would add rows
     keep_objects(project, [key])
+    # Pipes: sources and staging on volumes, no DBFS root; the step launcher: DBFS.
+    options: dict[str, Any] = (
+        {"data_in": "volume", "dbfs_root": False, "env": pipes_env(tmp_path)}
+        if launch == "pipes"
+        else {}
+    )
     with databricks_deployment(
-        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}
+        project, tmp_path, objects_per_run=1, cluster_limits={"default": 1}, **options
     ) as (instance, emu, _home):
-        # Before the step: its DBFS uploads (code bundle, step run ref) get 503s.
-        emu.inject_faults(http_503=3, path_prefix="/api/2.0/dbfs/")
-        # Once the run is submitted: the launcher's polls get 429s.
-        wait_for(
-            lambda: emu.stats()["runs_submitted"] >= 1,
-            300,
-            "the Databricks submit",
-            on_timeout=lambda: describe_runs(instance),
-        )
-        emu.inject_faults(http_429=3, path_prefix="/api/2.2/jobs/runs/get")
+        calls = THROTTLED_CALLS[launch]
+        for index, (method, path) in enumerate(calls):
+            retry_after = 1 if index % 2 == 0 else None
+            emu.inject_faults(
+                http_429=1, retry_after_seconds=retry_after, path_prefix=path, method=method
+            )
+            emu.inject_faults(http_503=1, retry_after_seconds=None, path_prefix=path, method=method)
+        emu.inject_faults(unavailable_after_submit=1)
         wait_for(
             lambda: all_runs_finished(instance, 1),
-            300,
+            600,
             "the run",
             on_timeout=lambda: describe_runs(instance) + str(emu.stats()),
         )
         stats = emu.stats()
         pending = emu.faults.pending()
+        served = emu.faults.served()
         [run] = instance.get_runs()
         assert run.status == DagsterRunStatus.SUCCESS, describe_runs(instance) + "\n".join(
             step_failure_messages(instance, run.run_id)
         )
-        # The faults were really served, all of them, to the calls they targeted.
-        assert stats["faults_injected"] == {"http_429": 3, "http_503": 3}, stats
-        assert pending == {"drop_submit_responses": 0, "http_429": 0, "http_503": 0}
-        assert stats["api_calls"]["jobs/runs/get"] > 3
-        # One Databricks run, started once, succeeded.
-        assert stats["runs_submitted"] == stats["runs_started"] == 1
+        # Every call kind met its faults: all were served, two per call kind.
+        assert pending == dict.fromkeys(pending, 0), (pending, stats["api_calls"])
+        met = {(f["method"], f["path"]) for f in served}
+        for method, path in calls:
+            hits = [f for f in served if f["method"] == method and path_under(f["path"], path)]
+            assert [f["status"] for f in hits] == [429, 503], (method, path, met)
+        assert stats["faults_injected"] == {
+            "http_429": len(calls),
+            "http_503": len(calls),
+            "unavailable_after_submit": 1,
+        }, stats
+        # One Databricks run, started once although its submit was retried four times.
+        assert stats["api_calls"]["jobs/runs/submit"] == 4, stats["api_calls"]
+        assert stats["runs_submitted"] == stats["runs_started"] == 1, stats
+        assert stats["idempotent_replays"] == 1, stats
         assert stats["runs_by_result_state"] == {"SUCCESS": 1}
         assert instance.get_materialized_partitions(BRONZE) == {key}
 
+    # The work, done once: each source file's rows once, one load per file, one writer.
     obj = load_objects(project.configs).by_key()[key]
+    files = expected_source_files(project.data, obj)
     table_df = uc_table(spark, emu, table)
-    assert table_df.count() == spark_source_count(
-        spark, obj, expected_source_files(project.data, obj)
-    )
+    assert table_df.count() == spark_source_count(spark, obj, files)
+    assert table_df.select("_load_id").distinct().count() == len(files)
     assert table_df.select("_dagster_run_id").distinct().count() == 1
 
 

@@ -19,10 +19,10 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-from fanout_dagster.pack_split import SPLIT_FROM_TAG
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import record_clusters
-from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.placement import record_clusters
+from fanout_dagster.orchestration.tags import CLUSTER_TAG
+from fanout_dagster.single_host.pack_split import SPLIT_FROM_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     backfill_runs,
     dagster_daemon,

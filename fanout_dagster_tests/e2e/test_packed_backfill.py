@@ -27,10 +27,10 @@ from dagster import (
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG, PARENT_BACKFILL_ID_TAG
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.placement import record_clusters
-from fanout_dagster.tags import CLUSTER_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.placement import record_clusters
+from fanout_dagster.orchestration.tags import CLUSTER_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     assert_packed,
     backfill_runs,
@@ -72,6 +72,7 @@ BROKEN = "erp-customers"
 
 
 @pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.duration(120)
 def test_packed_ui_backfill_fails_only_the_broken_object_and_reexecutes_only_it(
     project, tmp_path, dagster_storage
 ):

@@ -15,8 +15,8 @@ from dagster._core.storage.dagster_run import RunRecord
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 from pyspark.sql import SparkSession
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.tags import OBJECTS_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.tags import OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     all_runs_finished,
     configured_limits,
@@ -105,6 +105,7 @@ OVERLAP_KEYS = ["erp-customers", "erp-products", "erp-stores", "erp-suppliers"]
 
 
 @pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.duration(100)
 def test_a_ui_backfill_pack_beside_overlapping_sensor_runs_waits_in_the_queue(
     project, tmp_path, dagster_storage
 ):

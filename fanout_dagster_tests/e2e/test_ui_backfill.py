@@ -35,10 +35,10 @@ from dagster import (
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
 
-from fanout_dagster.objects import load_objects
-from fanout_dagster.partitions import OBJECTS_PARTITIONS_NAME
-from fanout_dagster.sensors import build_object_sensor
-from fanout_dagster.tags import CLUSTER_TAG, OBJECTS_TAG
+from fanout_dagster.core.objects import load_objects
+from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
+from fanout_dagster.orchestration.sensor import build_object_sensor
+from fanout_dagster.orchestration.tags import CLUSTER_TAG, OBJECTS_TAG
 from fanout_dagster_tests.e2e.dagster_processes import (
     assert_packed,
     backfill_runs,
@@ -104,6 +104,7 @@ ARTIFACT_NAMES = [
 
 
 @pytest.mark.timeout(2400)
+@pytest.mark.duration(240)
 def test_ui_backfill_respects_run_queue_then_sensor_adds_new_object(project, tmp_path):
     chromium_path()  # skip (or fail under FANOUT_REQUIRE_BROWSER=1) before starting anything
     from playwright.sync_api import expect, sync_playwright

@@ -1,0 +1,1 @@
+"""This repository's defs folder (fanout_dagster/definitions.py loads it): bronze/defs.yaml."""

@@ -1,0 +1,1 @@
+"""Dagster resources: Spark sessions, bronze tables, object configs, object loaders."""
