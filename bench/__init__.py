@@ -4,7 +4,11 @@ product (a Dagster run per object, or packed runs); what `make dev` gives; the
 server's memory over many runs.
 
 Run `python -m bench --help`; see README.md beside this file. Modules:
-- cli.py           orchestrator: sections, records, targets
+- cli.py           orchestrator: arguments, which sections run, the outputs at the end
+- runner.py        one measurement (a fresh worker, its record), the warm server's lifetime
+- sections.py      the sections: main (modes x N), dev_loop, server_memory, scale, databricks
+- targets.py       ratios to the floors, targets, findings
+- machine.py       machine, versions and commit of a run
 - worker.py        one measurement in a fresh process
 - proc.py          process-tree wall/CPU/peak-RSS accounting (subreaper), background load
 - warm.py          the warm Spark Connect server (its CPU, RSS, heap after GC)

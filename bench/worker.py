@@ -27,7 +27,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     mode = spec["mode"]
     try:
-        if mode in ("floor", "warm_floor"):
+        if mode in ("naive", "warm_naive"):
+            from bench.naive import run_naive as run
+        elif mode in ("floor", "warm_floor"):
             from bench.spark_modes import run_floor as run
         elif mode == "per_process":
             from bench.spark_modes import run_per_process as run

@@ -165,7 +165,8 @@ class Project:
 
     @property
     def keys(self) -> list[str]:
-        return sorted(obj.key for obj in load_objects(self.configs).objects)
+        # as the Dagster side loads them (Dagster's own cron check included)
+        return sorted(obj.key for obj in self.object_configs().load().objects)
 
     def object_configs(self) -> ObjectConfigs:
         return ObjectConfigs(configs_dir=str(self.configs), data_root=str(self.data))

@@ -129,6 +129,11 @@ def dbfs_put(c: Clients) -> None:
     )
 
 
+def dbfs_delete(c: Clients) -> None:
+    dbfs_put(c)
+    c.launcher_ws.dbfs.delete("/dagster_staging", recursive=True)
+
+
 def files_upload(c: Clients) -> None:
     c.pipes.files.upload(f"{VOLUME}/up/a.txt", io.BytesIO(b"uploaded"), overwrite=True)
 
@@ -136,6 +141,18 @@ def files_upload(c: Clients) -> None:
 def files_download(c: Clients) -> Any:
     files_upload(c)
     return c.pipes.files.download(f"{VOLUME}/up/a.txt")
+
+
+def directory_listing(c: Clients) -> list[str | None]:
+    # Each call kind sets up what it reads (its own calls of other methods are not
+    # faulted): the tests of one module may run on different pytest workers.
+    c.pipes.files.create_directory(f"{VOLUME}/listed/dir")
+    return [e.name for e in c.pipes.files.list_directory_contents(f"{VOLUME}/listed")]
+
+
+def directory_delete(c: Clients) -> None:
+    c.pipes.files.create_directory(f"{VOLUME}/deleted/dir")
+    c.pipes.files.delete_directory(f"{VOLUME}/deleted/dir")
 
 
 def files_delete(c: Clients) -> None:
@@ -184,7 +201,7 @@ CALLS = [
         "dbfs/delete",
         "POST",
         "/api/2.0/dbfs/delete",
-        lambda c: c.launcher_ws.dbfs.delete("/dagster_staging", recursive=True),
+        dbfs_delete,
     ),
     CallKind(
         "step_launcher",
@@ -223,7 +240,7 @@ CALLS = [
         "fs/directories/get",
         "GET",
         "/api/2.0/fs/directories",
-        lambda c: [e.name for e in c.pipes.files.list_directory_contents(f"{VOLUME}/staging")],
+        directory_listing,
         lambda _c, names: names == ["dir"],
     ),
     CallKind(
@@ -238,7 +255,7 @@ CALLS = [
         "fs/directories/delete",
         "DELETE",
         "/api/2.0/fs/directories",
-        lambda c: c.pipes.files.delete_directory(f"{VOLUME}/staging/dir"),
+        directory_delete,
     ),
     CallKind(
         "pipes",
