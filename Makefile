@@ -45,8 +45,11 @@ check-java:
 	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || { echo "error: Java not found - local Spark needs a Java 17 runtime on PATH (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 
 # The local Spark Connect server (the warm "all-purpose cluster" runs attach to)
-# and dagster dev beside it; Ctrl-C stops both. dagster dev reads ./dagster.yaml
-# (run queue limits) and keeps its state in a temporary .tmp_dagster_home_* here.
+# and dagster dev beside it; Ctrl-C stops both, and nothing of either outlives the
+# wrapper (docs/local-spark.md). The server takes only clients with the token it
+# makes at each start; dagster dev gets it in its environment. dagster dev reads
+# ./dagster.yaml (run queue limits) and keeps its state in a temporary
+# .tmp_dagster_home_* here.
 dev: $(STAMP) check-java
 	$(PY) -m fanout_dagster.local_spark.connect_server -- $(VENV)/bin/dagster dev -h $(HOST) -p $(PORT)
 
@@ -54,9 +57,9 @@ dev: $(STAMP) check-java
 spark-server: $(STAMP) check-java
 	$(PY) -m fanout_dagster.local_spark.connect_server
 
-# A PySpark shell on the running server: spark.table("bronze.erp_customers").
+# A PySpark shell on the running server, with its token: spark.table("bronze.erp_customers").
 spark-shell: $(STAMP)
-	$(VENV)/bin/pyspark --remote sc://127.0.0.1:$${FANOUT_SPARK_CONNECT_PORT:-15002}
+	$(PY) -m fanout_dagster.local_spark.connect_server --shell
 
 test: $(STAMP) check-java
 	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)

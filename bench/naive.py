@@ -49,7 +49,13 @@ def session(spec: dict):
     from pyspark.sql import SparkSession
 
     if spec["mode"] == "warm_naive":
-        return SparkSession.builder.remote(f"sc://127.0.0.1:{spec['spark_connect_port']}").create()
+        from fanout_dagster.local_spark.connect_server import client_token, connect_url
+
+        # The server takes only clients with its token (docs/local-spark.md), a
+        # notebook's too: the one it keeps for this user.
+        port = spec["spark_connect_port"]
+        url = connect_url("127.0.0.1", port, client_token(port))
+        return SparkSession.builder.remote(url).create()
     from delta import configure_spark_with_delta_pip
 
     from fanout_dagster.local_spark.catalog import spark_conf

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FANOUT_"
@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         15002, description="Port of the Spark Connect server (the local one listens on it)."
     )
     spark_ui_port: int = Field(4040, description="Port of the local Spark Connect server's UI.")
+    # A secret: SecretStr keeps it out of reprs, and no validator here echoes it
+    # (pydantic's errors quote the input); local_spark/connect_server.py checks its form.
+    spark_connect_token: SecretStr | None = Field(
+        None,
+        description="Token the local Spark Connect server requires of every client (at least 32 "
+        "of `A-Z a-z 0-9 _ - . ~`, e.g. `openssl rand -hex 32`). Unset, the server makes one per "
+        "start and hands it to `dagster dev` and to clients of the same user (docs/local-spark.md).",
+    )
+    spark_state_dir: str = Field(
+        ".spark",
+        description="Folder of the local Spark Connect server's log and scratch space.",
+    )
     spark_driver_memory: str = Field(
         "2g", description="Memory of the local Spark Connect server's JVM."
     )
@@ -224,7 +236,7 @@ def settings_table() -> str:
         default = field.default
         shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
         lines.append(
-            f"| `{Settings.env_name(name)}` | {shown if default != '' else '(none)'} "
+            f"| `{Settings.env_name(name)}` | {shown if default not in ('', None) else '(none)'} "
             f"| {field.description} |"
         )
     lines += [

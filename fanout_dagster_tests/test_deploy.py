@@ -1,6 +1,7 @@
 """The production example under deploy/: its dagster.yaml opens a real instance on
 PostgreSQL from the environment and keeps the repo's run queue; the services
-keep secrets out of the repository and the webserver behind the proxy."""
+keep secrets out of the repository and the webserver behind the proxy; the
+Spark Connect server gets no credentials and a token of its own."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fanout_dagster_tests.helpers import REPO_ROOT
 DEPLOY = REPO_ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 ENV_FILE = "/etc/fanout-dagster/env"
+SPARK_ENV_FILE = "/etc/fanout-dagster/spark.env"
 PG_VARIABLES = {f"DAGSTER_PG_{name}" for name in ("HOST", "PORT", "USER", "PASSWORD", "DB")}
 
 
@@ -122,6 +124,15 @@ def test_the_stock_instance_uses_no_class_of_the_project_and_keeps_the_limits(
         assert stock[section] == development[section], section
 
 
+def example_variables(name: str) -> dict[str, str]:
+    """The variables an example env file sets or shows (commented out)."""
+    return dict(
+        line.lstrip("#").split("=", 1)
+        for line in (DEPLOY / name).read_text().splitlines()
+        if re.match(r"^#?[A-Z_]+=", line)
+    )
+
+
 def test_services_read_secrets_from_outside_the_repository():
     assert {path.stem for path in UNITS} == {
         "fanout-dagster-webserver",
@@ -129,29 +140,54 @@ def test_services_read_secrets_from_outside_the_repository():
         "fanout-dagster-code-server",
         "fanout-dagster-spark",
     }
+    environment_files = {
+        "fanout-dagster-webserver": [ENV_FILE],
+        # Their runs open sessions on the Spark Connect server: its port and token.
+        "fanout-dagster-daemon": [ENV_FILE, f"-{SPARK_ENV_FILE}"],
+        "fanout-dagster-code-server": [ENV_FILE, f"-{SPARK_ENV_FILE}"],
+        "fanout-dagster-spark": [SPARK_ENV_FILE],
+    }
     for path in UNITS:
         settings = unit_settings(path)
-        assert settings["EnvironmentFile"] == [ENV_FILE], path.name
-        # No inline environment: whatever a service needs comes from the env file.
+        assert settings["EnvironmentFile"] == environment_files[path.stem], path.name
+        # No inline environment: whatever a service needs comes from the env files.
         assert "Environment" not in settings, path.name
         assert settings["User"] == ["fanout"], path.name
     # The repository's files hold placeholders only.
-    example = (DEPLOY / "env.example").read_text()
-    assert "0600" in example and ENV_FILE in example
-    variables = dict(
-        line.lstrip("#").split("=", 1)
-        for line in example.splitlines()
-        if re.match(r"^#?[A-Z_]+=", line)
-    )
+    for name, real_file in (("env.example", ENV_FILE), ("spark.env.example", SPARK_ENV_FILE)):
+        example = (DEPLOY / name).read_text()
+        assert "install -o root -g root -m 0600" in example and real_file in example, name
+    variables = example_variables("env.example")
     assert set(variables) >= PG_VARIABLES
     for name in ("DAGSTER_PG_PASSWORD", "DATABRICKS_TOKEN"):
         assert variables[name] == "change-me", name
+    # A value, not a placeholder or a command that makes one ($(openssl rand ...)).
     secret = re.compile(
-        r"(PASSWORD|TOKEN|SECRET)\w*\s*[=:]\s*(?!change-me|\{env: )\S", re.IGNORECASE
+        r"(PASSWORD|TOKEN|SECRET)\w*\s*[=:]\s*(?!change-me|\{env: |\$\()\S", re.IGNORECASE
     )
     for path in DEPLOY.rglob("*"):
         if path.is_file() and path.name != "env.example":
             assert not secret.search(path.read_text()), path
+
+
+def test_the_spark_server_gets_no_credentials_and_takes_only_clients_with_its_token():
+    """A session on the Spark Connect server runs Python as its user and sees its
+    environment: the server's unit reads spark.env alone (no PostgreSQL password, no
+    Databricks token), and spark.env brings the token its clients must present."""
+    [spark_env] = unit_settings(DEPLOY / "systemd" / "fanout-dagster-spark.service")[
+        "EnvironmentFile"
+    ]
+    assert spark_env == SPARK_ENV_FILE  # not ENV_FILE, the secrets file
+    variables = example_variables("spark.env.example")
+    assert variables, "spark.env.example sets nothing"
+    assert all(name.startswith("FANOUT_SPARK_") for name in variables), variables
+    assert not any(name in variables for name in (*PG_VARIABLES, "DATABRICKS_TOKEN"))
+    # Its token: made once, with the file readable by root only (the setup steps).
+    instructions = (DEPLOY / "spark.env.example").read_text() + (DEPLOY / "README.md").read_text()
+    assert 'echo "FANOUT_SPARK_CONNECT_TOKEN=$(openssl rand -hex 32)" >>' in instructions
+    assert f"-m 0600 deploy/spark.env.example {SPARK_ENV_FILE}" in instructions
+    # The Dagster services keep the settings they share with the server in one place.
+    assert not any(name.startswith("FANOUT_SPARK_") for name in example_variables("env.example"))
 
 
 def test_the_webserver_listens_on_loopback_behind_an_authenticating_proxy():

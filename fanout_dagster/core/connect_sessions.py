@@ -65,9 +65,25 @@ def run_session_id(run_id: str) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-def session_url(base_url: str, session_id: str) -> str:
-    """`sc://host:port` -> the URL of that session on the server."""
-    return f"{base_url.rstrip('/')}/;session_id={session_id}"
+def session_url(base_url: str, session_id: str | None, *, token: str | None = None) -> str:
+    """`sc://host:port` -> a client's URL: of that session on the server (None: the
+    server names a new one), presenting `token`. With a token it is a secret: pass it
+    to a client, never show it (show `base_url`).
+
+    The token goes as the header Spark's server checks (`Authorization: Bearer`), a
+    URL parameter pyspark passes on as gRPC metadata, over the plain loopback channel.
+    (pyspark's own `token=` would send it as gRPC call credentials, which run a
+    Python thread inside every call, where the garbage collector can finalize an old
+    session whose `__del__` deadlocks pyspark 4.1.0's release thread pool.)
+    """
+    parameters = []
+    if token is not None:
+        parameters.append(f"authorization=Bearer {token}")
+    if session_id is not None:
+        parameters.append(f"session_id={session_id}")
+    if not parameters:
+        return base_url
+    return f"{base_url.rstrip('/')}/;{';'.join(parameters)}"
 
 
 def quick_retries() -> DefaultPolicy:
@@ -93,8 +109,11 @@ class NotStopped(RuntimeError):
     """The session's operations could not be confirmed ended (the server did not answer)."""
 
 
-def stop_session(base_url: str, session_id: str, timeout_s: float = STOP_TIMEOUT_S) -> int:
+def stop_session(
+    base_url: str, session_id: str, timeout_s: float = STOP_TIMEOUT_S, *, token: str | None = None
+) -> int:
     """Interrupt every operation of a session, wait until each has ended, release the session.
+    `token`: the server's, if it requires one (session_url).
 
     Returns how many operations were still running. A session the server does
     not have (the server restarted since) has none; nor has a released one (its
@@ -104,7 +123,7 @@ def stop_session(base_url: str, session_id: str, timeout_s: float = STOP_TIMEOUT
     """
     from pyspark.sql.connect.client import SparkConnectClient
 
-    client = SparkConnectClient(session_url(base_url, session_id))
+    client = SparkConnectClient(session_url(base_url, session_id, token=token))
     client.set_retry_policies([quick_retries()])
     try:
         interrupted = list(client.interrupt_all() or [])

@@ -397,13 +397,15 @@ def stop_spark_work(run_id: str) -> str:
         server_listening,
         stop_session,
     )
+    from fanout_dagster.local_spark.connect_server import SparkServerError, client_token
 
     url = settings.spark_connect_url
     if not server_listening(url):
         return f"the Spark Connect server at {url} is not running: nothing of the run runs there"
     try:
-        running = stop_session(url, run_session_id(run_id))
-    except NotStopped as error:
+        token = client_token(settings.spark_connect_port, settings)
+        running = stop_session(url, run_session_id(run_id), token=token)
+    except (NotStopped, SparkServerError) as error:
         return f"not stopped yet: its Spark session on {url} did not answer ({error})"
     if running:
         return f"its {running} Spark operation(s) still running on {url} were stopped"

@@ -186,6 +186,8 @@ def test_every_setting_a_deployment_chooses_is_an_attribute():
         "remote_step",  # internal: set on the Databricks side of a step
         "spark_ui_port",  # the local Spark Connect server's (`make dev`), not the runs'
         "spark_driver_memory",  # idem
+        "spark_state_dir",  # idem
+        "spark_connect_token",  # a secret: the environment's, never in defs.yaml (or the UI)
         "spark_connect_host",  # both in spark_connect_url
         "spark_connect_port",
     }

@@ -541,7 +541,9 @@ def test_a_worker_killed_mid_write_leaves_no_commit_once_its_run_is_failed(proje
         # When it was failed, nothing of it ran on the server any more: its
         # session was stopped and released (an orphaned write would still be
         # running: stopping the session now would find it).
-        assert stop_session(server.url, run_session_id(run.run_id)) == 0, logs()
+        assert stop_session(server.address, run_session_id(run.run_id), token=server.token) == 0, (
+            logs()
+        )
         wait_for(
             lambda: running_jobs(server, run_tag) == [],
             120,

@@ -1,18 +1,26 @@
 """The local Spark Connect server: runs isolated from each other and sharing the
 cores, clear one-line errors when it is down or its port is taken, job tags per
-object, and a server that dies in the middle of a pack."""
+object, a server that dies in the middle of a pack, and a server that only
+clients with its token can use. (Its lifecycle under `make dev`:
+test_connect_server_lifecycle.py.)"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
 from dagster import AssetKey, DagsterEventType, materialize
+from pyspark.errors.exceptions.connect import SparkConnectGrpcException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -20,14 +28,18 @@ from fanout_dagster.core.objects import load_objects
 from fanout_dagster.local_spark.connect_server import (
     ServerConfig,
     SparkServerError,
+    connect_url,
     main,
+    new_token,
     running_server,
+    token_file,
 )
 from fanout_dagster.orchestration.bronze import build_bronze_asset
 from fanout_dagster.orchestration.partitions import OBJECTS_PARTITIONS_NAME
 from fanout_dagster.orchestration.resources.spark import SparkConnectResource
 from fanout_dagster.orchestration.tags import OBJECTS_TAG
 from fanout_dagster_tests.helpers import (
+    child_env,
     expected_source_files,
     free_port,
     keep_objects,
@@ -131,6 +143,111 @@ def test_each_objects_spark_jobs_carry_its_partition_key(
     of_this_run = [j for j in jobs if any(result.run_id in tag for tag in j.get("jobTags", []))]
     assert of_this_run, [j.get("jobTags") for j in jobs[:5]]
     assert all(any("fanout-object-erp-stores" in tag for tag in j["jobTags"]) for j in of_this_run)
+
+
+# --------------------------------------------------------------------------- its token
+
+
+def server_jvm(server: ServerConfig) -> int:
+    [pid] = [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit()
+        and f"spark.connect.grpc.binding.port={server.port}\0".encode() in _cmdline(entry)
+    ]
+    return pid
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
+
+
+def collect_sessions() -> None:
+    """Finalize dropped Connect sessions here, in the main thread: pyspark 4.1.0's
+    SparkSession.__del__, run by the garbage collector on one of pyspark's own release
+    threads, shuts that thread pool down from inside and deadlocks (SPARK-55362)."""
+    gc.collect()
+
+
+def test_a_client_without_the_servers_token_is_refused(spark_server, spark):
+    """Any local user reaches 127.0.0.1: without the server's token, or with another,
+    a client gets no session, let alone a Python UDF running as the server's user."""
+    for url in (
+        f"sc://127.0.0.1:{spark_server.port}",
+        connect_url(spark_server.host, spark_server.port, new_token()),
+    ):
+        intruder = SparkSession.builder.remote(url).create()
+        try:
+            with pytest.raises(SparkConnectGrpcException) as refused:
+                intruder.range(1).collect()
+            assert refused.value.getGrpcStatusCode() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            with contextlib.suppress(Exception):
+                intruder.stop()
+            collect_sessions()
+    # The server's own token opens one (as every run's does: the other tests).
+    assert spark.range(3).count() == 3
+
+
+def test_a_run_without_the_servers_token_is_one_clear_line(spark_server, monkeypatch, tmp_path):
+    monkeypatch.delenv("FANOUT_SPARK_CONNECT_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # another user's: no token file of the server
+    resource = SparkConnectResource(port=spark_server.port)
+    with pytest.raises(SparkServerError, match="no token for the local Spark Connect server"):
+        resource.get_session()
+
+    monkeypatch.setenv("FANOUT_SPARK_CONNECT_TOKEN", new_token())  # an earlier start's
+    with pytest.raises(SparkServerError, match="refused this client's token") as refused:
+        resource.get_session()
+    assert "\n" not in str(refused.value)
+
+    monkeypatch.setenv("FANOUT_SPARK_CONNECT_TOKEN", "change-me")
+    with pytest.raises(SparkServerError, match="not a usable token") as unusable:
+        resource.get_session()
+    assert "change-me" not in str(unusable.value)
+
+    monkeypatch.setenv("FANOUT_SPARK_CONNECT_TOKEN", spark_server.token)
+    try:
+        assert resource.get_session().range(3).count() == 3
+    finally:
+        resource.teardown_after_execution(None)  # type: ignore[arg-type]
+        collect_sessions()
+
+
+def test_the_token_is_kept_from_other_local_users(spark_server):
+    """What every local user can read (process command lines, the Spark UI, the log)
+    never holds the token; the file that does is the server user's alone. The
+    driver's own RPC and block manager ports require Spark's secret too."""
+    token = spark_server.token
+    assert token.encode() not in _cmdline(str(server_jvm(spark_server)))
+    api = f"http://{spark_server.host}:{spark_server.ui_port}/api/v1/applications"
+    [app] = json.load(urllib.request.urlopen(api, timeout=60))
+    environment = urllib.request.urlopen(f"{api}/{app['id']}/environment", timeout=60).read()
+    assert token.encode() not in environment
+    assert ["spark.authenticate", "true"] in json.loads(environment)["sparkProperties"]
+    assert token not in spark_server.log_path.read_text(errors="replace")
+    path = token_file(spark_server.port)
+    assert path.read_text() == token
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_the_spark_shell_opens_a_session_with_the_token(spark_server):
+    """`make spark-shell`: a Python prompt with `spark` on the running server."""
+    shell = subprocess.run(
+        [sys.executable, "-m", "fanout_dagster.local_spark.connect_server", "--shell"],
+        input='print("ROWS", spark.range(5).count())\n',
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(FANOUT_SPARK_CONNECT_PORT=str(spark_server.port)),
+    )
+    assert "ROWS 5" in shell.stdout, shell.stdout + shell.stderr
+    assert spark_server.token not in shell.stdout + shell.stderr
 
 
 # --------------------------------------------------------------------------- the server dies

@@ -15,9 +15,13 @@ from delta import configure_spark_with_delta_pip
 from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
-from fanout_dagster.core.connect_sessions import quick_retries, run_session_id, session_url
+from fanout_dagster.core.connect_sessions import run_session_id
 from fanout_dagster.local_spark.catalog import register_tables, spark_conf
-from fanout_dagster.local_spark.connect_server import SparkServerError, port_in_use
+from fanout_dagster.local_spark.connect_server import (
+    SparkServerError,
+    authenticated_session,
+    port_in_use,
+)
 
 
 class JavaNotFound(RuntimeError):
@@ -68,6 +72,10 @@ class SparkConnectResource(SparkResource):
     ends, so the server does not grow with the runs it has served. Its id is
     derived from the run's (connect_sessions.py): when the run's worker dies,
     the health check finds the session and stops what it left running.
+
+    The server's token is looked up when the session opens (FANOUT_SPARK_CONNECT_TOKEN,
+    else the file the server keeps for its user), not held in a field: Dagster shows
+    resource fields in its UI.
     """
 
     host: str = "127.0.0.1"
@@ -77,6 +85,7 @@ class SparkConnectResource(SparkResource):
 
     @property
     def url(self) -> str:
+        """Where the server listens (no token: this one may be shown)."""
         return f"sc://{self.host}:{self.port}"
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -89,13 +98,10 @@ class SparkConnectResource(SparkResource):
                     f"the local Spark Connect server at {self.url} is not running: start it with "
                     "`make dev` (or `make spark-server`), or set FANOUT_SPARK=embedded"
                 )
-            url = self.url
-            if self._run_id is not None:  # outside a run (a shell, a test): a new session id
-                url = session_url(url, run_session_id(self._run_id))
-            session = SparkSession.builder.remote(url).create()
-            # A server that is gone fails the run in seconds, saying why.
-            session.client.set_retry_policies([quick_retries()])
-            self._session = session
+            # A run's session id is derived from the run's; outside a run (a shell,
+            # a test) the server names a new one.
+            session_id = None if self._run_id is None else run_session_id(self._run_id)
+            self._session = authenticated_session(self.host, self.port, session_id)
         return self._session
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
