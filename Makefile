@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # pay. TEST_WORKERS=0 runs the tests in one process. Longest tests are handed
 # out first (fanout_dagster_tests/parallel.py); `xdist_group` marks keep
 # tests together on one worker.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 OBJECTS ?=
 MODES ?=
