@@ -32,6 +32,7 @@ from pathlib import Path
 import pyspark
 
 from fanout_dagster.local_spark.catalog import spark_conf
+from fanout_dagster.local_spark.retention import BOUNDED_RETENTION
 from fanout_dagster.settings import PROJECT_ROOT, Settings, project_path
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -100,6 +101,7 @@ def server_command(config: ServerConfig) -> list[str]:
         # Sessions of runs whose process died without releasing them.
         "spark.connect.session.manager.defaultSessionTimeout": "15min",
         "spark.log.level": "WARN",
+        **BOUNDED_RETENTION,  # a server that runs for days stays bounded
     }
     packages = conf.pop("spark.jars.packages")
     command = [
