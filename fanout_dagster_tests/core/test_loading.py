@@ -12,9 +12,11 @@ import pytest
 from pyspark.sql import SparkSession
 
 from fanout_dagster.core.connect_sessions import quick_retries
+from fanout_dagster.core.ingest import AUDIT_COLUMNS
 from fanout_dagster.core.loading import load_pack, what_was_committed
 from fanout_dagster.core.objects import load_objects
-from fanout_dagster.core.tables import commit_tag, history
+from fanout_dagster.core.tables import BronzeTableWriter, commit_tag, history
+from fanout_dagster.local_spark.catalog import register_table
 from fanout_dagster.local_spark.connect_server import ServerConfig, port_in_use, running_server
 from fanout_dagster_tests.helpers import free_port, keep_objects
 
@@ -78,7 +80,11 @@ def test_a_connection_lost_after_the_write_committed_is_not_said_to_have_committ
     table = project.table(obj.target.table)
     with running_server(doomed_server) as server:
         spark = connect(doomed_server)
-        writer = project.bronze_tables().writer(spark)
+        # A writer that reads the commit back through Spark, as on Databricks (the
+        # local one reads its commit from the Delta log, and would know it).
+        writer = BronzeTableWriter(
+            spark, project.schema, prepare_table=register_table, system_columns=AUDIT_COLUMNS
+        )
         read_commit = writer._commit
 
         def kill_then_read_commit(*args, **kwargs):  # the write has returned: it committed
