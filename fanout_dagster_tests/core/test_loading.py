@@ -95,7 +95,7 @@ def test_a_connection_lost_after_the_write_committed_is_not_said_to_have_committ
                 time.sleep(0.1)
             return read_commit(*args, **kwargs)
 
-        writer._commit = kill_then_read_commit
+        writer._commit = kill_then_read_commit  # type: ignore[method-assign]
         [report] = load_pack(
             spark, [obj], data_root=str(project.data), writer=writer, run_id="run-1", threads=1
         )
