@@ -112,6 +112,6 @@ def test_a_connection_lost_after_the_write_committed_is_not_said_to_have_committ
         reader = connect(doomed_server)
         try:
             [entry] = history(reader, table)
-            assert is_commit_of(entry["userMetadata"], "run-1", KEY), entry["userMetadata"]
+            assert is_commit_of(str(entry["userMetadata"]), "run-1", KEY), entry["userMetadata"]
         finally:
             reader.stop()
