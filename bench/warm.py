@@ -123,8 +123,9 @@ class WarmServer:
 
     def spark_jobs(self) -> dict:
         """The Spark jobs the server ran for the bronze loads (its UI's REST API: the last
-        `spark.ui.retainedJobs`, 1000): jobs per object load and their seconds, by the
-        `fanout-run-<id>` and `fanout-object-<key>` tags the loading loop puts on them."""
+        `spark.ui.retainedJobs`, 500, local_spark/retention.py): jobs per object load and
+        their seconds, by the `fanout-run-<id>` and `fanout-object-<key>` tags the loading
+        loop puts on them."""
         base = f"http://127.0.0.1:{self.config.ui_port}/api/v1/applications"
         try:
             with urllib.request.urlopen(base, timeout=10) as response:

@@ -23,7 +23,9 @@ way commits nothing and the previous version stays readable:
 
 Each commit carries `userMetadata` naming the Dagster run and object, so its
 version and operation metrics are found in the table's history even when
-other writers commit in between.
+other writers commit in between. Where this process can read the table's
+Delta log itself (the local warehouse), the history is read from the log's
+commit files: no Spark job. Otherwise (Unity Catalog) `DESCRIBE HISTORY` asks Spark.
 
 No Dagster import: the tests and the benchmark's floor use this directly.
 """
@@ -34,6 +36,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from pyspark.sql import DataFrame, Row, SparkSession
@@ -51,6 +54,8 @@ LOAD_COLUMN = "_load_id"
 # Identifiers that reach SQL: validated table names (objects.py), the schema
 # from settings (settings.py), hex load ids. Quoted anyway.
 _NAME_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A version's commit file in `_delta_log`: 00000000000000000003.json
+_COMMIT_JSON = re.compile(r"^(\d{20})\.json$")
 
 
 class LoadRejected(Exception):
@@ -89,6 +94,64 @@ class Commit:
     files_written: int  # data files the commit added
     rows: int  # rows in the table after the write
     schema: StructType  # the table's schema after the write
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One commit of a table, as `DESCRIBE HISTORY` or the Delta log tells it."""
+
+    version: int
+    operation: str
+    parameters: Mapping[str, Any]  # operationParameters
+    metrics: Mapping[str, str]  # operationMetrics
+    user_metadata: str | None
+
+    @classmethod
+    def of_row(cls, row: Row) -> HistoryEntry:
+        return cls(
+            version=int(row.version),
+            operation=str(row.operation),
+            parameters=row.operationParameters or {},
+            metrics=row.operationMetrics or {},
+            user_metadata=row.userMetadata,
+        )
+
+
+def history_in_log(log_dir: Path, limit: int) -> list[HistoryEntry]:
+    """The newest `limit` commits of a table, newest first, read from its Delta
+    log's commit files (each holds its `commitInfo`: what DESCRIBE HISTORY shows)."""
+    versions = sorted(
+        (int(found.group(1)) for p in log_dir.iterdir() if (found := _COMMIT_JSON.match(p.name))),
+        reverse=True,
+    )
+    entries = []
+    for version in versions[:limit]:
+        info: dict[str, Any] = {}
+        with open(log_dir / f"{version:020d}.json", encoding="utf-8") as commit:
+            for line in commit:  # one action per line; Delta writes commitInfo first
+                action = json.loads(line) if line.strip() else {}
+                if "commitInfo" in action:
+                    info = action["commitInfo"]
+                    break
+        entries.append(
+            HistoryEntry(
+                version=version,
+                operation=str(info.get("operation", "")),
+                parameters=_as_history_shows(info.get("operationParameters")),
+                metrics=_as_history_shows(info.get("operationMetrics")),
+                user_metadata=info.get("userMetadata"),
+            )
+        )
+    return entries
+
+
+def _as_history_shows(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A commitInfo map as DESCRIBE HISTORY shows it: JSON values as their text
+    (`false`, `3`), strings as they are."""
+    return {
+        key: value if value is None or isinstance(value, str) else json.dumps(value)
+        for key, value in (values or {}).items()
+    }
 
 
 class RowChecks(Protocol):
@@ -158,7 +221,7 @@ def _recorded_files(tag: Mapping[str, Any]) -> FileRecord | None:
     )
 
 
-def record_in_history(entries: Sequence[Row]) -> tuple[FileRecord | None, bool]:
+def record_in_history(entries: Sequence[HistoryEntry]) -> tuple[FileRecord | None, bool]:
     """The file record of a table's current state, from its history (newest first):
     `(record, True)` when decided (record None: no commit says, the rows tell),
     `(None, False)` when these entries are not enough.
@@ -172,12 +235,12 @@ def record_in_history(entries: Sequence[Row]) -> tuple[FileRecord | None, bool]:
         if restored_to is not None and entry.version > restored_to:
             continue
         if entry.operation == "RESTORE":
-            version = (entry.operationParameters or {}).get("version")
+            version = entry.parameters.get("version")
             if version is None:  # restored to a timestamp
                 return None, True
             restored_to = int(version)
             continue
-        tag = _bronze_tag(entry.userMetadata)
+        tag = _bronze_tag(entry.user_metadata)
         if tag is not None:
             return _recorded_files(tag), True
     return None, False
@@ -189,6 +252,9 @@ class BronzeTableWriter:
     `prepare_table(spark, full_name)` runs before a table is used: the local
     catalog registers a table another Spark process created meanwhile; on
     Databricks it does nothing (Unity Catalog knows every table).
+    `delta_log(spark, full_name)`: the folder of a table's Delta log when this
+    process can read it (the local warehouse): its history is read there, with
+    no Spark job; None (Unity Catalog): through `DESCRIBE HISTORY`.
     """
 
     def __init__(
@@ -197,11 +263,13 @@ class BronzeTableWriter:
         schema: str,
         prepare_table: Callable[[SparkSession, str], None] | None = None,
         system_columns: Collection[str] = (),
+        delta_log: Callable[[SparkSession, str], Path] | None = None,
     ):
         self.spark = spark
         self.system_columns = tuple(system_columns)
         self.schema = schema
         self._prepare = prepare_table
+        self._delta_log = delta_log
         self._schema_ready = False
 
     def full_name(self, table: str) -> str:
@@ -223,17 +291,28 @@ class BronzeTableWriter:
         for a table whose commits record none, the files its rows came from."""
         if not self.exists(table):
             return NO_FILES
-        name = quote(self.full_name(table))
         for limit in (1, 100):  # the newest commit is nearly always a bronze one
-            entries = (
-                self.spark.sql(f"DESCRIBE HISTORY {name} LIMIT {limit}")
-                .select("version", "operation", "operationParameters", "userMetadata")
-                .collect()
-            )
+            entries = self._history(table, limit)
             record, decided = record_in_history(entries)
             if decided or len(entries) < limit:
                 break
-        return record if record is not None else self._files_of_rows(name)
+        return record if record is not None else self._files_of_rows(quote(self.full_name(table)))
+
+    def _history(self, table: str, limit: int) -> list[HistoryEntry]:
+        """The table's newest `limit` commits, newest first."""
+        name = self.full_name(table)
+        if self._delta_log is not None:
+            log_dir = self._delta_log(self.spark, name)
+            if log_dir.is_dir():
+                return history_in_log(log_dir, limit)
+        rows = (
+            self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT {int(limit)}")
+            .select(
+                "version", "operation", "operationParameters", "operationMetrics", "userMetadata"
+            )
+            .collect()
+        )
+        return [HistoryEntry.of_row(row) for row in rows]
 
     def _files_of_rows(self, name: str) -> FileRecord:
         rows = (
@@ -424,25 +503,21 @@ class BronzeTableWriter:
         name = self.full_name(table)
         entry = None
         for limit in (1, 20):  # other writers may have committed since: look further back
-            entries = (
-                self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT {limit}")
-                .select("version", "operation", "operationMetrics", "userMetadata")
-                .collect()
-            )
-            entry = next((e for e in entries if e.userMetadata == tag), None)
+            entries = self._history(table, limit)
+            entry = next((e for e in entries if e.user_metadata == tag), None)
             if entry is not None:
                 break
         if entry is None:  # more than 20 commits since: report the newest
             entry = entries[0]
-        metrics: Mapping[str, str] = entry.operationMetrics or {}
+        metrics = entry.metrics
         # replaceWhere rewrites data files that mix kept and replaced rows: the
         # rows it copied over are not this load's.
         written = int(metrics.get("numOutputRows", 0)) - int(metrics.get("numCopiedRows", 0))
         return Commit(
             table=name,
-            version=int(entry.version),
+            version=entry.version,
             written=True,
-            operation=str(entry.operation),
+            operation=entry.operation,
             rows_written=written,
             files_written=int(metrics.get("numFiles", metrics.get("numAddedFiles", 0))),
             rows=written if rows is None else rows,
@@ -451,11 +526,11 @@ class BronzeTableWriter:
 
     def _unchanged(self, table: str) -> Commit:
         name = self.full_name(table)
-        [last] = self.spark.sql(f"DESCRIBE HISTORY {quote(name)} LIMIT 1").collect()
+        [last] = self._history(table, 1)
         now = self.spark.table(quote(name))
         return Commit(
             table=name,
-            version=int(last.version),
+            version=last.version,
             written=False,
             operation="none: nothing new",
             rows_written=0,

@@ -115,3 +115,8 @@ def register_tables(spark: SparkSession) -> list[str]:
         register_table(spark, name)
         names.append(name)
     return names
+
+
+def delta_log_dir(spark: SparkSession, full_name: str) -> Path:
+    """Where a local table's Delta log is (this process reads its history there)."""
+    return table_location(warehouse_dir(spark), full_name) / DELTA_LOG

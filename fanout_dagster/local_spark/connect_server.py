@@ -58,6 +58,7 @@ from fanout_dagster.local_spark.dev_supervisor import (
     stop_server,
 )
 from fanout_dagster.local_spark.die_with_parent import tied
+from fanout_dagster.local_spark.retention import BOUNDED_RETENTION
 from fanout_dagster.settings import PROJECT_ROOT, Settings, project_path
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ def server_command(config: ServerConfig) -> list[str]:
         # Sessions of runs whose process died without releasing them.
         "spark.connect.session.manager.defaultSessionTimeout": "15min",
         "spark.log.level": "WARN",
+        **BOUNDED_RETENTION,  # a server that runs for days stays bounded
     }
     if config.master.startswith("local"):
         # The driver's own RPC and block manager ports (loopback too) answer only

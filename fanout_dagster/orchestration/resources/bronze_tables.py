@@ -7,7 +7,7 @@ from pyspark.sql import SparkSession
 
 from fanout_dagster.core.ingest import AUDIT_COLUMNS
 from fanout_dagster.core.tables import BronzeTableWriter
-from fanout_dagster.local_spark.catalog import register_table
+from fanout_dagster.local_spark.catalog import delta_log_dir, register_table
 
 
 class BronzeTables(ConfigurableResource):
@@ -23,4 +23,6 @@ class BronzeTables(ConfigurableResource):
             self.schema_name,
             prepare_table=register_table if self.local_catalog else None,
             system_columns=AUDIT_COLUMNS,
+            # The local warehouse is this machine's: commits are read from their log.
+            delta_log=delta_log_dir if self.local_catalog else None,
         )
